@@ -1,0 +1,72 @@
+# pixelgate: `make serve` and `make test` set everything up on first use.
+# Every target is idempotent; stamps under .venv/ record what is done.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
+# On a GPU host, pre-install your CUDA build of torch in the venv (or set TORCH=torch).
+TORCH   ?= torch==2.13.0
+HOST    ?= 127.0.0.1
+PORT    ?= 50051
+PROMPT  ?= a lighthouse on a cliff at dusk
+OUT     ?= image.png
+CERTS   := certs/dev
+PROTOS  := $(wildcard protos/pixelgate/v1/*.proto)
+STUBS   := $(PROTOS:.proto=_pb2.py)
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help install proto certs token model serve generate test lint clean
+
+help:
+	@echo "make serve     set up (venv, deps, stubs, dev PKI, tiny model) and serve on $(HOST):$(PORT)"
+	@echo "make generate  ask the running server for an image: PROMPT='...' OUT=image.png"
+	@echo "make test      set up and run the test suite"
+	@echo "make proto | certs | token | model | lint | clean"
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+# Stubs (messages, service, and their .pyi type stubs) come from protos/ only.
+protos/pixelgate/v1/%_pb2.py: protos/pixelgate/v1/%.proto $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -I protos \
+		--python_out=protos --grpc_python_out=protos \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--mypy_out=protos --mypy_grpc_out=protos $<
+
+proto: $(STUBS)
+
+$(CERTS)/ca.crt: | $(STUBS)
+	$(BIN)/pixelgate certs --out $(CERTS)
+
+certs: $(CERTS)/ca.crt
+
+token: certs
+	@$(BIN)/pixelgate token $(if $(SCOPES),--scope $(SCOPES))
+
+model: $(STUBS)
+	$(BIN)/pixelgate-server --prepare-model
+
+serve: certs
+	$(BIN)/pixelgate-server --host $(HOST) --port $(PORT)
+
+generate: certs
+	PIXELGATE_TOKEN="$$($(BIN)/pixelgate token --scope images:generate)" \
+		$(BIN)/pixelgate --target $(HOST):$(PORT) generate "$(PROMPT)" -o $(OUT)
+
+test: $(STUBS)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STUBS)
+	$(BIN)/ruff check server client tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(STUBS:_pb2.py=_pb2.pyi) $(STUBS:_pb2.py=_pb2_grpc.py) $(STUBS:_pb2.py=_pb2_grpc.pyi) $(STUBS) .pytest_cache .mypy_cache .ruff_cache

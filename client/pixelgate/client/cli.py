@@ -1,0 +1,194 @@
+"""`pixelgate`: the command-line client, plus development PKI and token helpers.
+
+Connection settings come from flags or PIXELGATE_* environment variables and
+default to the development PKI under certs/dev. On failure it prints one line
+(`pixelgate: STATUS: message`) and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pixelgate.client.client import PixelgateClient
+from pixelgate.client.errors import PixelgateError
+from pixelgate.client.images import GeneratedImage
+from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"PIXELGATE_{name}", default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelgate", description="pixelgate client.")
+    parser.add_argument("--target", default=_env("TARGET", "127.0.0.1:50051"), help="server host:port")
+    parser.add_argument("--ca", type=Path, default=Path(_env("CA", str(DEV_DIR / "ca.crt")) or ""))
+    parser.add_argument("--cert", type=Path, default=Path(_env("CERT", str(DEV_DIR / "client.crt")) or ""))
+    parser.add_argument("--key", type=Path, default=Path(_env("KEY", str(DEV_DIR / "client.key")) or ""))
+    parser.add_argument("--server-name", default=_env("SERVER_NAME"), help="expected name in the server certificate")
+    parser.add_argument(
+        "--token-file", type=Path, default=_env("TOKEN_FILE"), help="file holding the access token"
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before the call is abandoned")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate images (token from PIXELGATE_TOKEN or --token-file)")
+    generate.add_argument("prompt")
+    generate.add_argument("-o", "--output", type=Path, default=Path("image.png"))
+    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--model", default="")
+    generate.add_argument("--width", type=int, default=0)
+    generate.add_argument("--height", type=int, default=0)
+    generate.add_argument("--steps", type=int, default=0)
+    generate.add_argument("--guidance-scale", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("-n", "--num-images", type=int, default=1)
+    generate.add_argument("--format", choices=["png", "jpeg", "webp"], help="default: from --output's suffix")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    commands.add_parser("models", help="list the server's models")
+    health = commands.add_parser("health", help="check the server's health (needs no token)")
+    health.add_argument("--service", default="")
+
+    token = commands.add_parser("token", help="mint a development access token (prints it)")
+    token.add_argument("--signing-key", type=Path, default=DEV_DIR / "token-signing.key")
+    token.add_argument("--subject", default="dev-user")
+    token.add_argument("--scope", action="append", help="repeatable; default: every scope")
+    token.add_argument("--lifetime", type=float, default=3600, help="seconds")
+    token.add_argument("--issuer", default=DEV_ISSUER)
+    token.add_argument("--audience", default=DEV_AUDIENCE)
+
+    certs = commands.add_parser("certs", help="create the development PKI and token keys")
+    certs.add_argument("--out", type=Path, default=DEV_DIR)
+    certs.add_argument("--force", action="store_true", help="replace an existing set")
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str | Path | None:
+    if args.token_file is not None:
+        return Path(args.token_file)
+    return _env("TOKEN")
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
+    image_format = args.format or (args.output.suffix.lstrip(".").lower() or "png")
+    if image_format not in ("png", "jpeg", "jpg", "webp"):
+        print(f"pixelgate: cannot tell the image format from {args.output}; use --format", file=sys.stderr)
+        return EXIT_USAGE
+    paths = _output_paths(args.output, args.num_images)
+    bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, desc="queued")
+    try:
+        for event in client.stream(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            model=args.model,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            num_images=args.num_images,
+            output_format=image_format,
+            timeout=args.timeout,
+        ):
+            if isinstance(event, GeneratedImage):
+                paths[event.index].write_bytes(event.data)
+                bar.write(
+                    f"{paths[event.index]}: {event.width}x{event.height} {event.mime_type}, "
+                    f"seed {event.seed}, sha256 {event.sha256}"
+                )
+            elif event.step:
+                bar.set_description("generating")
+                bar.total = event.total_steps
+                bar.update(event.step - bar.n)
+    finally:
+        bar.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `pixelgate`."""
+    args = _parser().parse_args(argv)
+    if args.command == "certs":
+        from pixelgate.dev.pki import write_dev_pki
+
+        files = write_dev_pki(args.out, force=args.force)
+        print(f"development PKI in {files.ca_cert.parent}")
+        return 0
+    if args.command == "token":
+        from pixelgate.dev.tokens import ALL_SCOPES, load_signing_key, mint_access_token
+
+        try:
+            key = load_signing_key(args.signing_key)
+        except (OSError, ValueError) as error:
+            print(f"pixelgate: cannot load signing key {args.signing_key}: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(
+            mint_access_token(
+                key,
+                subject=args.subject,
+                scopes=args.scope or ALL_SCOPES,
+                lifetime_seconds=args.lifetime,
+                issuer=args.issuer,
+                audience=args.audience,
+            )
+        )
+        return 0
+    return _call_server(args)
+
+
+def _call_server(args: argparse.Namespace) -> int:
+    try:
+        client = PixelgateClient(
+            args.target,
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
+            token=_token(args),
+            server_name=args.server_name,
+        )
+    except OSError as error:
+        print(f"pixelgate: cannot read TLS file {error.filename}: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with client:
+            if args.command == "generate":
+                return _run_generate(client, args)
+            if args.command == "models":
+                for model in client.list_models(timeout=args.timeout):
+                    default = " (default)" if model.is_default else ""
+                    test = " [test model]" if model.is_test_model else ""
+                    print(
+                        f"{model.id}{default}{test}: {model.description}; "
+                        f"{model.min_size}..{model.max_width}x{model.max_height} px, "
+                        f"default {model.default_width}x{model.default_height}, "
+                        f"steps <= {model.max_steps} (default {model.default_steps})"
+                    )
+                return 0
+            print(client.health(args.service, timeout=args.timeout))
+            return 0
+    except PixelgateError as error:
+        print(f"pixelgate: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("pixelgate: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

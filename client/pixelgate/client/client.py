@@ -1,0 +1,149 @@
+"""The Python client: mTLS + access token, streaming generation, verified images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pixelgate.client.credentials import TokenSource, channel_credentials
+from pixelgate.client.errors import error_from_rpc
+from pixelgate.client.images import GeneratedImage, ImageAssembler
+from pixelgate.v1 import image_service_pb2 as pb
+from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
+
+OUTPUT_FORMATS = {
+    "png": pb.OUTPUT_FORMAT_PNG,
+    "jpeg": pb.OUTPUT_FORMAT_JPEG,
+    "jpg": pb.OUTPUT_FORMAT_JPEG,
+    "webp": pb.OUTPUT_FORMAT_WEBP,
+}
+"""Output format names the client accepts."""
+
+Event = pb.Progress | GeneratedImage
+
+
+class PixelgateClient:
+    """A connection to a pixelgate server. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        ca_file: Path,
+        cert_file: Path,
+        key_file: Path,
+        token: TokenSource | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        credentials = channel_credentials(
+            ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token
+        )
+        self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._images = pb_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        model: str = "",
+        width: int = 0,
+        height: int = 0,
+        steps: int = 0,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        output_format: str = "png",
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """Yields Progress messages, then each GeneratedImage once verified.
+
+        Raises a PixelgateError subclass on failure, IncompleteImage if the
+        stream ends with an image missing or corrupt. Stopping iteration early
+        cancels the call, and with it the server's work.
+        """
+        request = pb.GenerateImageRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            model=model,
+            width=width,
+            height=height,
+            steps=steps,
+            num_images=num_images,
+            output_format=OUTPUT_FORMATS[output_format.lower()],
+        )
+        if guidance_scale is not None:
+            request.guidance_scale = guidance_scale
+        if seed is not None:
+            request.seed = seed
+        call = self._images.GenerateImage(request, timeout=timeout)
+        assembler = ImageAssembler()
+        try:
+            for response in call:
+                kind = response.WhichOneof("event")
+                if kind == "progress":
+                    yield response.progress
+                elif kind == "chunk":
+                    assembler.add_chunk(response.chunk)
+                elif kind == "complete":
+                    yield assembler.complete(response.complete)
+            assembler.finish(num_images or 1)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        finally:
+            call.cancel()  # a no-op once the call has ended
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        on_progress: Callable[[pb.Progress], None] | None = None,
+        **options: object,
+    ) -> list[GeneratedImage]:
+        """Generates images and returns them verified; `options` as for stream()."""
+        images = []
+        for event in self.stream(prompt, **options):  # type: ignore[arg-type]
+            if isinstance(event, GeneratedImage):
+                images.append(event)
+            elif on_progress is not None:
+                on_progress(event)
+        return images
+
+    def list_models(self, *, timeout: float | None = 10) -> list[pb.ModelInfo]:
+        """The models the server offers, with their bounds."""
+        try:
+            return list(self._images.ListModels(pb.ListModelsRequest(), timeout=timeout).models)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+
+    def health(self, service: str = "", *, timeout: float | None = 10) -> str:
+        """The serving status of `service` ("" = the whole server), e.g. "SERVING"."""
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> PixelgateClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+__all__ = ["OUTPUT_FORMATS", "Event", "PixelgateClient"]

@@ -1,0 +1,68 @@
+"""`pixelgate-server`: run the service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pixelgate.server.app import start_server
+from pixelgate.server.config import ConfigError, Settings, load_settings
+from pixelgate.server.models import load_model
+from pixelgate.server.tls import TlsConfigError
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pixelgate-server", description="Serve pixelgate over mutual TLS."
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: embedded dev setup)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (default 50051)")
+    parser.add_argument(
+        "--prepare-model", action="store_true", help="load (building if needed) the model, then exit"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+async def serve(settings: Settings) -> None:
+    """Serves until a stop signal, then shuts down gracefully."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"pixelgate: serving on port {running.port}", flush=True)  # noqa: T201 (for scripts)
+    await stop.wait()
+    logging.getLogger("pixelgate.server").info(
+        "stopping: in-flight calls have %.0f s", settings.shutdown_grace_seconds
+    )
+    await running.stop(settings.shutdown_grace_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `pixelgate-server`."""
+    args = _parse(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("diffusers", "transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port)
+        if args.prepare_model:
+            load_model(settings.model, settings.cache_dir)
+            return 0
+        asyncio.run(serve(settings))
+    except (ConfigError, TlsConfigError) as error:
+        print(f"pixelgate-server: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Authentication: every protected call carries a valid bearer access token.
+
+The token comes from the `authorization` metadata (`Bearer <JWT>`), is
+verified by the TokenVerifier, and the resulting Principal, joined with the
+caller's certificate identity from the TLS session, is bound to the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc.aio
+
+from pixelgate.server.errors import Unauthenticated
+from pixelgate.server.interception import CallGuard, MethodFilter
+from pixelgate.server.principal import bind_principal
+from pixelgate.server.tls import certificate_identity
+from pixelgate.server.token_verifier import TokenVerifier
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The one bearer token in `metadata`; anything else is Unauthenticated."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        raise Unauthenticated("missing bearer access token")
+    if len(values) > 1:
+        raise Unauthenticated("more than one authorization header")
+    value = values[0]
+    if isinstance(value, bytes):
+        raise Unauthenticated("malformed authorization header")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization header must be 'Bearer <access token>'")
+    return token.strip()
+
+
+class AuthenticationInterceptor(CallGuard):
+    """Refuses calls without a valid access token and binds the caller's Principal."""
+
+    def __init__(self, verifier: TokenVerifier, applies_to: MethodFilter) -> None:
+        super().__init__(applies_to)
+        self._verifier = verifier
+
+    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        token = bearer_token(context.invocation_metadata())
+        principal = self._verifier.verify(
+            token, certificate_identity=certificate_identity(context.auth_context())
+        )
+        bind_principal(principal)
+
+
+__all__ = ["AuthenticationInterceptor", "bearer_token"]

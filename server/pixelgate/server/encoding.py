@@ -1,0 +1,72 @@
+"""Image encoding: PIL images to PNG/JPEG/WebP bytes with their SHA-256.
+
+Encoders write no metadata (no EXIF, no text chunks): the bytes carry the
+picture and nothing about how or for whom it was made.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+class ImageFormat(enum.Enum):
+    """An output encoding: (Pillow format name, MIME type)."""
+
+    PNG = ("PNG", "image/png")
+    JPEG = ("JPEG", "image/jpeg")
+    WEBP = ("WEBP", "image/webp")
+
+    @property
+    def pillow_name(self) -> str:
+        """The name Pillow's `save` takes."""
+        return self.value[0]
+
+    @property
+    def mime_type(self) -> str:
+        """What the bytes are, for the caller."""
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image's encoded bytes and what a receiver needs to check them."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    sha256: str
+
+
+def encode_image(image: Image.Image, image_format: ImageFormat, quality: int = 90) -> EncodedImage:
+    """Encodes `image`; `quality` applies to the lossy formats."""
+    buffer = io.BytesIO()
+    rgb = image.convert("RGB")
+    if image_format is ImageFormat.PNG:
+        rgb.save(buffer, format="PNG", optimize=False)
+    else:
+        rgb.save(buffer, format=image_format.pillow_name, quality=quality)
+    data = buffer.getvalue()
+    return EncodedImage(
+        data=data,
+        mime_type=image_format.mime_type,
+        width=rgb.width,
+        height=rgb.height,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def chunks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, slice) pairs covering `data` in order, each at most `size` bytes."""
+    view = memoryview(data)
+    for offset in range(0, len(data), size):
+        yield offset, bytes(view[offset : offset + size])
+
+
+__all__ = ["EncodedImage", "ImageFormat", "chunks", "encode_image"]

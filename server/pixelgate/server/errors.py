@@ -1,0 +1,75 @@
+"""Domain errors and the one table that turns them into gRPC statuses.
+
+Pieces raise these; the error interceptor (`error_interceptor.py`) is the only code
+that aborts calls. Messages are written for callers: they name the field or
+limit involved and never carry tokens, keys, prompts or exception text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import grpc
+
+
+class ServiceError(Exception):
+    """A failure the caller should see, with a status code and a safe message."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.trailers = tuple(trailers)
+
+
+class InvalidArgument(ServiceError):
+    """The request breaks a documented bound; the message names the field and the bound."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    """The request names something (a model) the server does not have."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unauthenticated(ServiceError):
+    """No usable credentials: the access token is missing, malformed, expired or forged."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known but not allowed to do this (a scope or policy is missing)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(ServiceError):
+    """Over a quota or rate, or the work queue is full; retrying later may succeed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """The server cannot take the call now (shutting down, model not loaded)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+INTERNAL_MESSAGE = "internal error"
+"""All a caller learns of an unexpected failure; the details go to the server log."""
+
+__all__ = [
+    "INTERNAL_MESSAGE",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "ServiceError",
+    "Unauthenticated",
+    "Unavailable",
+]

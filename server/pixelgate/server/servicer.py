@@ -1,0 +1,117 @@
+"""The ImageService servicer: a thin adapter between protobuf and the engine.
+
+It validates, submits, and translates engine events into the response stream.
+It knows nothing of tokens, TLS or rate limits: interceptors handled those
+before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc.aio
+
+from pixelgate.server.encoding import chunks, encode_image
+from pixelgate.server.engine import GenerationEngine
+from pixelgate.server.generation import GeneratedImage, Queued, StepDone
+from pixelgate.server.models import ModelCard
+from pixelgate.server.validation import RequestValidator
+from pixelgate.v1 import image_service_pb2 as pb
+from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    """Serves pixelgate.v1.ImageService."""
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        validator: RequestValidator,
+        models: Sequence[ModelCard],
+        *,
+        default_model: str,
+        chunk_size: int,
+    ) -> None:
+        self._engine = engine
+        self._validator = validator
+        self._chunk_size = chunk_size
+        self._model_list = pb.ListModelsResponse(
+            models=[_model_info(card, card.id == default_model) for card in models]
+        )
+
+    async def GenerateImage(  # noqa: N802 (the name is the RPC's)
+        self, request: pb.GenerateImageRequest, context: Context
+    ) -> AsyncIterator[pb.GenerateImageResponse]:
+        generation = self._validator.validate(request)
+        job = self._engine.submit(generation)
+        # Stop the pipeline however the call ends: cancelled, deadline, disconnect.
+        context.add_done_callback(lambda _: job.cancel())
+        try:
+            async for event in job.events():
+                if isinstance(event, Queued):
+                    yield _progress(pb.Progress.STATE_QUEUED, queue_position=event.position,
+                                    total_steps=generation.steps)
+                elif isinstance(event, StepDone):
+                    yield _progress(pb.Progress.STATE_RUNNING, step=event.step,
+                                    total_steps=event.total)
+                elif isinstance(event, GeneratedImage):
+                    async for response in self._image_messages(event, generation.output_format, generation.model_id):
+                        yield response
+        finally:
+            job.cancel()
+
+    async def _image_messages(
+        self, image: GeneratedImage, output_format: Any, model_id: str
+    ) -> AsyncIterator[pb.GenerateImageResponse]:
+        # Encoding is CPU work: off the event loop, and off the model's worker.
+        encoded = await asyncio.to_thread(encode_image, image.image, output_format)
+        for offset, data in chunks(encoded.data, self._chunk_size):
+            yield pb.GenerateImageResponse(
+                chunk=pb.ImageChunk(image_index=image.index, offset=offset, data=data)
+            )
+        yield pb.GenerateImageResponse(
+            complete=pb.ImageComplete(
+                image_index=image.index,
+                mime_type=encoded.mime_type,
+                width=encoded.width,
+                height=encoded.height,
+                size_bytes=len(encoded.data),
+                sha256=encoded.sha256,
+                seed=image.seed,
+                model=model_id,
+                steps=image.steps,
+            )
+        )
+
+    async def ListModels(  # noqa: N802 (the name is the RPC's)
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        return self._model_list
+
+
+def _progress(state: Any, **fields: int) -> pb.GenerateImageResponse:
+    return pb.GenerateImageResponse(progress=pb.Progress(state=state, **fields))
+
+
+def _model_info(card: ModelCard, is_default: bool) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        id=card.id,
+        description=card.description,
+        is_default=is_default,
+        is_test_model=card.is_test_model,
+        min_size=card.min_size,
+        max_width=card.max_width,
+        max_height=card.max_height,
+        default_width=card.default_width,
+        default_height=card.default_height,
+        default_steps=card.default_steps,
+        max_steps=card.max_steps,
+        max_prompt_tokens=card.max_prompt_tokens or 0,
+    )
+
+
+__all__ = ["ImageServicer"]
