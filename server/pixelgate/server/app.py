@@ -90,7 +90,7 @@ class RunningServer:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.engine.close()
+        await self.engine.aclose()
 
 
 async def start_server(settings: Settings, *, model: LoadedModel | None = None) -> RunningServer:

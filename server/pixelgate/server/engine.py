@@ -139,11 +139,11 @@ class GenerationEngine:
             job._emit(GeneratedImage(index=index, seed=seed, steps=job.steps_run, image=image))
         self.stats.jobs_completed += 1
 
-    def close(self) -> None:
-        """Cancels every job and stops the worker once its current step ends."""
+    async def aclose(self) -> None:
+        """Cancels every job and waits for the worker to stop (within one step)."""
         for job in list(self._active):
             job.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
 
 __all__ = ["EngineStats", "GenerationCancelled", "GenerationEngine", "Job"]

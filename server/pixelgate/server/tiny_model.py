@@ -18,7 +18,7 @@ import torch
 
 log = logging.getLogger("pixelgate.models")
 
-TINY_MODEL_NAME = "tiny-sd-v1"
+TINY_MODEL_NAME = "tiny-sd-v2"
 """Bump when the architecture below changes, so caches rebuild."""
 
 
@@ -80,9 +80,11 @@ def _build(directory: Path) -> None:
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            # Four blocks: the latent is 1/8 of the image, as in Stable Diffusion.
+            block_out_channels=(32, 32, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
             latent_channels=4,
             norm_num_groups=32,
             sample_size=64,

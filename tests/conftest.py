@@ -1,0 +1,108 @@
+"""Shared fixtures: a development PKI, token minting, the tiny model, real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixelgate.client import PixelgateClient
+from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
+from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token
+from pixelgate.server.config import ModelSettings
+from pixelgate.server.models import LoadedModel, load_model
+from support import EventLoopThread, ServerUnderTest, settings_for, start
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPkiFiles:
+    """A fresh development PKI (CA, server and client certificates, token keys)."""
+    return write_dev_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def signing_key(pki: DevPkiFiles) -> SigningKey:
+    """The development issuer's private key."""
+    return load_signing_key(pki.signing_key)
+
+
+@pytest.fixture(scope="session")
+def mint(signing_key: SigningKey) -> Callable[..., str]:
+    """Mints a development access token; keyword arguments as for mint_access_token."""
+
+    def _mint(**claims: Any) -> str:
+        claims.setdefault("subject", "test-user")
+        return mint_access_token(signing_key, **claims)
+
+    return _mint
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory the tiny model is built into on first use."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache: Path) -> LoadedModel:
+    """The embedded tiny model, built, saved and loaded back with from_pretrained."""
+    return load_model(ModelSettings(), model_cache)
+
+
+@pytest.fixture(scope="session")
+def event_loop_thread() -> Iterator[EventLoopThread]:
+    """The asyncio loop test servers run on."""
+    loop = EventLoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def start_server(
+    pki: DevPkiFiles,
+    model_cache: Path,
+    tiny_model: LoadedModel,
+    event_loop_thread: EventLoopThread,
+) -> Iterator[Callable[..., ServerUnderTest]]:
+    """Starts real servers over mTLS on free loopback ports; stops them after the test."""
+    started: list[ServerUnderTest] = []
+
+    def _start(model: Any = None, **overrides: Any) -> ServerUnderTest:
+        server = start(
+            settings_for(pki, model_cache, **overrides), model or tiny_model, event_loop_thread
+        )
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop(0)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerUnderTest]) -> ServerUnderTest:
+    """A server with default settings (and generous rate limits)."""
+    return start_server()
+
+
+@pytest.fixture
+def connect(pki: DevPkiFiles, mint: Callable[..., str]) -> Iterator[Callable[..., PixelgateClient]]:
+    """Opens clients to a server: the dev client certificate and a token with every scope."""
+    clients: list[PixelgateClient] = []
+
+    def _connect(server: ServerUnderTest, token: Any = "default", **tls: Path) -> PixelgateClient:
+        client = PixelgateClient(
+            server.target,
+            ca_file=tls.get("ca_file", pki.ca_cert),
+            cert_file=tls.get("cert_file", pki.client_cert),
+            key_file=tls.get("key_file", pki.client_key),
+            token=mint() if token == "default" else token,
+        )
+        clients.append(client)
+        return client
+
+    yield _connect
+    for client in clients:
+        client.close()
