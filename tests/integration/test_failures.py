@@ -1,0 +1,39 @@
+"""Unexpected failures: INTERNAL with a generic message, details only in the server log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pixelgate.client import ServerError
+
+
+class ExplodingModel:
+    """A model whose pipeline fails with an exception full of internals."""
+
+    def __init__(self, card):
+        self.card = card
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, request, on_step):
+        on_step(1, request.steps)
+        raise RuntimeError("CUDA error at /opt/secret/path/kernel.cu:42")
+
+
+def test_an_unexpected_failure_is_internal_and_leaks_nothing(
+    start_server, connect, tiny_model, caplog
+):
+    """The caller gets INTERNAL 'internal error'; the traceback goes to the server log only."""
+    caplog.set_level(logging.ERROR, logger="pixelgate.errors")
+    server = start_server(model=ExplodingModel(tiny_model.card))
+    client = connect(server)
+    with pytest.raises(ServerError) as caught:
+        client.generate("a fox", steps=3)
+    assert caught.value.code.name == "INTERNAL"
+    assert caught.value.details == "internal error"
+    assert any("/opt/secret/path" in r.exc_text for r in caplog.records if r.exc_text)
+    assert server.running.engine.stats.jobs_failed == 1
+    assert client.list_models()  # the server carries on
