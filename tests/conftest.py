@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from pixelgate.client import PixelgateClient
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
 from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
+from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
 from pixelgate.server.config import Settings, load_settings
 from pixelgate.server.models import LoadedModel

@@ -59,7 +59,15 @@ public_key_files = ["{files.verification_key}"]
 
 def _start_server(config: Path) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "pixelgate.server", "--config", str(config), "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "pixelgate.server",
+            "--config",
+            str(config),
+            "--log-level",
+            "WARNING",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -91,7 +99,9 @@ def main() -> None:
         server, port = _start_server(config)
         try:
             files = directory / "pki"
-            token = mint_access_token(load_signing_key(files / "token-signing.key"), subject="bench")
+            token = mint_access_token(
+                load_signing_key(files / "token-signing.key"), subject="bench"
+            )
             client = PixelgateClient(
                 f"127.0.0.1:{port}",
                 ca_file=files / "ca.crt",

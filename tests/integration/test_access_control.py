@@ -6,7 +6,6 @@ import logging
 import time
 
 import pytest
-
 from pixelgate.client import (
     InvalidArgument,
     NotFound,

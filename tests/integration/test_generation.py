@@ -6,7 +6,6 @@ import hashlib
 import io
 
 from PIL import Image
-
 from pixelgate.client import GeneratedImage
 from pixelgate.v1 import image_service_pb2 as pb
 
@@ -71,7 +70,10 @@ def _max_pixel_difference(first: bytes, second: bytes) -> int:
 def test_each_output_format_decodes_at_the_requested_size(server, connect):
     """JPEG and WebP come back as what their MIME type says."""
     client = connect(server)
-    for name, pillow_format, mime in (("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp")):
+    for name, pillow_format, mime in (
+        ("jpeg", "JPEG", "image/jpeg"),
+        ("webp", "WEBP", "image/webp"),
+    ):
         [image] = client.generate("a lighthouse", steps=2, width=128, height=64, output_format=name)
         assert image.mime_type == mime
         with Image.open(io.BytesIO(image.data)) as decoded:
@@ -81,7 +83,6 @@ def test_each_output_format_decodes_at_the_requested_size(server, connect):
 def test_large_images_are_split_into_64_kib_chunks(server, pki, mint):
     """Raw stream: chunks are in order, at most 64 KiB, and add up to the announced size."""
     import grpc
-
     from pixelgate.client.credentials import channel_credentials
     from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -91,13 +92,17 @@ def test_large_images_are_split_into_64_kib_chunks(server, pki, mint):
     with grpc.secure_channel(server.target, credentials) as channel:
         stub = pb_grpc.ImageServiceStub(channel)
         responses = list(
-            stub.GenerateImage(pb.GenerateImageRequest(prompt="noise", width=256, height=256, steps=1))
+            stub.GenerateImage(
+                pb.GenerateImageRequest(prompt="noise", width=256, height=256, steps=1)
+            )
         )
     chunks = [r.chunk for r in responses if r.WhichOneof("event") == "chunk"]
     [complete] = [r.complete for r in responses if r.WhichOneof("event") == "complete"]
     assert len(chunks) > 1
     assert all(len(c.data) <= 64 * 1024 for c in chunks)
-    assert [c.offset for c in chunks] == [sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
+    assert [c.offset for c in chunks] == [
+        sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))
+    ]
     data = b"".join(c.data for c in chunks)
     assert len(data) == complete.size_bytes
     assert hashlib.sha256(data).hexdigest() == complete.sha256

@@ -1,9 +1,9 @@
 """pixelgate client: generate images over mutual TLS with an OAuth 2.0 access token.
 
-    with PixelgateClient("127.0.0.1:50051", ca_file=..., cert_file=..., key_file=...,
-                         token=Path("token")) as client:
-        [image] = client.generate("a red fox in the snow", seed=7)
-        Path("fox.png").write_bytes(image.data)
+with PixelgateClient("127.0.0.1:50051", ca_file=..., cert_file=..., key_file=...,
+                     token=Path("token")) as client:
+    [image] = client.generate("a red fox in the snow", seed=7)
+    Path("fox.png").write_bytes(image.data)
 """
 
 from pixelgate.client.client import OUTPUT_FORMATS, PixelgateClient

@@ -13,12 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pixelgate.client.client import PixelgateClient
 from pixelgate.client.errors import PixelgateError
 from pixelgate.client.images import GeneratedImage
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+from tqdm import tqdm
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -30,18 +29,30 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelgate", description="pixelgate client.")
-    parser.add_argument("--target", default=_env("TARGET", "127.0.0.1:50051"), help="server host:port")
+    parser.add_argument(
+        "--target", default=_env("TARGET", "127.0.0.1:50051"), help="server host:port"
+    )
     parser.add_argument("--ca", type=Path, default=Path(_env("CA", str(DEV_DIR / "ca.crt")) or ""))
-    parser.add_argument("--cert", type=Path, default=Path(_env("CERT", str(DEV_DIR / "client.crt")) or ""))
-    parser.add_argument("--key", type=Path, default=Path(_env("KEY", str(DEV_DIR / "client.key")) or ""))
-    parser.add_argument("--server-name", default=_env("SERVER_NAME"), help="expected name in the server certificate")
+    parser.add_argument(
+        "--cert", type=Path, default=Path(_env("CERT", str(DEV_DIR / "client.crt")) or "")
+    )
+    parser.add_argument(
+        "--key", type=Path, default=Path(_env("KEY", str(DEV_DIR / "client.key")) or "")
+    )
+    parser.add_argument(
+        "--server-name", default=_env("SERVER_NAME"), help="expected name in the server certificate"
+    )
     parser.add_argument(
         "--token-file", type=Path, default=_env("TOKEN_FILE"), help="file holding the access token"
     )
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before the call is abandoned")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds before the call is abandoned"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="generate images (token from PIXELGATE_TOKEN or --token-file)")
+    generate = commands.add_parser(
+        "generate", help="generate images (token from PIXELGATE_TOKEN or --token-file)"
+    )
     generate.add_argument("prompt")
     generate.add_argument("-o", "--output", type=Path, default=Path("image.png"))
     generate.add_argument("--negative-prompt", default="")
@@ -52,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance-scale", type=float, default=None)
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("-n", "--num-images", type=int, default=1)
-    generate.add_argument("--format", choices=["png", "jpeg", "webp"], help="default: from --output's suffix")
+    generate.add_argument(
+        "--format", choices=["png", "jpeg", "webp"], help="default: from --output's suffix"
+    )
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("models", help="list the server's models")
@@ -88,7 +101,10 @@ def _output_paths(output: Path, count: int) -> list[Path]:
 def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
     image_format = args.format or (args.output.suffix.lstrip(".").lower() or "png")
     if image_format not in ("png", "jpeg", "jpg", "webp"):
-        print(f"pixelgate: cannot tell the image format from {args.output}; use --format", file=sys.stderr)
+        print(
+            f"pixelgate: cannot tell the image format from {args.output}; use --format",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     paths = _output_paths(args.output, args.num_images)
     bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, desc="queued")
@@ -136,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             key = load_signing_key(args.signing_key)
         except (OSError, ValueError) as error:
-            print(f"pixelgate: cannot load signing key {args.signing_key}: {error}", file=sys.stderr)
+            print(
+                f"pixelgate: cannot load signing key {args.signing_key}: {error}", file=sys.stderr
+            )
             return EXIT_FAILURE
         print(
             mint_access_token(
@@ -163,7 +181,9 @@ def _call_server(args: argparse.Namespace) -> int:
             server_name=args.server_name,
         )
     except OSError as error:
-        print(f"pixelgate: cannot read TLS file {error.filename}: {error.strerror}", file=sys.stderr)
+        print(
+            f"pixelgate: cannot read TLS file {error.filename}: {error.strerror}", file=sys.stderr
+        )
         return EXIT_FAILURE
     try:
         with client:

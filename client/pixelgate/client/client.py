@@ -8,7 +8,6 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from pixelgate.client.credentials import TokenSource, channel_credentials
 from pixelgate.client.errors import error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler
@@ -44,7 +43,7 @@ class PixelgateClient:
             ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token
         )
         self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._images = pb_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._images = pb_grpc.ImageServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def stream(
@@ -97,7 +96,7 @@ class PixelgateClient:
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         finally:
-            call.cancel()  # a no-op once the call has ended
+            call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
 
     def generate(
         self,
@@ -125,10 +124,12 @@ class PixelgateClient:
     def health(self, service: str = "", *, timeout: float | None = 10) -> str:
         """The serving status of `service` ("" = the whole server), e.g. "SERVING"."""
         try:
-            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            response = self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def close(self) -> None:
         """Closes the channel."""

@@ -6,6 +6,8 @@ Catch `PixelgateError` for all of them, or a subclass for one case:
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 
@@ -37,7 +39,9 @@ class NotFound(PixelgateError):
 class RateLimited(PixelgateError):
     """Over the caller's rate or the server is busy; retry after `retry_after` seconds if set."""
 
-    def __init__(self, code: grpc.StatusCode | None, details: str, retry_after: float | None) -> None:
+    def __init__(
+        self, code: grpc.StatusCode | None, details: str, retry_after: float | None
+    ) -> None:
         super().__init__(code, details)
         self.retry_after = retry_after
 
@@ -71,8 +75,8 @@ _BY_CODE: dict[grpc.StatusCode, type[PixelgateError]] = {
 }
 
 
-def _retry_after(error: grpc.Call) -> float | None:
-    for key, value in error.trailing_metadata() or ():
+def _retry_after(call: grpc.Call) -> float | None:
+    for key, value in call.trailing_metadata() or ():
         if key == "retry-after":
             try:
                 return float(value)
@@ -83,12 +87,13 @@ def _retry_after(error: grpc.Call) -> float | None:
 
 def error_from_rpc(error: grpc.RpcError) -> PixelgateError:
     """The typed error for a failed call."""
-    code = error.code() if isinstance(error, grpc.Call) else None
-    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    # The RpcErrors that calls raise are also grpc.Call objects, with status.
+    call = cast(grpc.Call, error)
+    code = call.code()
+    details = call.details() or str(error)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry_after = _retry_after(error) if isinstance(error, grpc.Call) else None
-        return RateLimited(code, details, retry_after)
-    return _BY_CODE.get(code, ServerError)(code, details) if code else ServerError(None, details)
+        return RateLimited(code, details, _retry_after(call))
+    return _BY_CODE.get(code, ServerError)(code, details)
 
 
 __all__ = [

@@ -19,13 +19,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pixelgate-server", description="Serve pixelgate over mutual TLS."
     )
-    parser.add_argument("--config", type=Path, help="TOML settings file (default: embedded dev setup)")
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (default 50051)")
     parser.add_argument(
-        "--prepare-model", action="store_true", help="load (building if needed) the model, then exit"
+        "--config", type=Path, help="TOML settings file (default: embedded dev setup)"
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, help="port to listen on; 0 picks a free one (default 50051)"
+    )
+    parser.add_argument(
+        "--prepare-model",
+        action="store_true",
+        help="load (building if needed) the model, then exit",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     return parser.parse_args(argv)
 
 
@@ -36,7 +44,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"pixelgate: serving on port {running.port}", flush=True)  # noqa: T201 (for scripts)
+    print(f"pixelgate: serving on port {running.port}", flush=True)
     await stop.wait()
     logging.getLogger("pixelgate.server").info(
         "stopping: in-flight calls have %.0f s", settings.shutdown_grace_seconds

@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-
 from pixelgate.server.interception import CallInterceptor
 from pixelgate.server.principal import maybe_current_principal
 

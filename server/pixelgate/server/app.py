@@ -16,7 +16,6 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from pixelgate.server.access_log import AccessLogInterceptor
 from pixelgate.server.authentication import AuthenticationInterceptor
 from pixelgate.server.authorization import AuthorizationInterceptor, ScopePolicy
@@ -84,7 +83,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     engine: GenerationEngine
-    health: health.aio.HealthServicer
+    health: health.aio.HealthServicer  # type: ignore[name-defined]
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
@@ -136,10 +135,12 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
         default_model=model.card.id,
         chunk_size=settings.chunk_size,
     )
-    pb_grpc.add_ImageServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = health.aio.HealthServicer()
+    pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
 
     port = server.add_secure_port(_address(settings.host, settings.port), credentials)
     if port == 0:

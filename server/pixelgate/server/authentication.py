@@ -7,11 +7,10 @@ caller's certificate identity from the TLS session, is bound to the call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import grpc.aio
-
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.interception import CallGuard, MethodFilter
 from pixelgate.server.principal import bind_principal
@@ -19,7 +18,7 @@ from pixelgate.server.tls import certificate_identity
 from pixelgate.server.token_verifier import TokenVerifier
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The one bearer token in `metadata`; anything else is Unauthenticated."""
     values = [value for key, value in metadata or () if key == "authorization"]
     if not values:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import Any, Literal
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
@@ -72,7 +71,9 @@ def _dev_issuer() -> IssuerSettings:
 class AuthSettings(_Section):
     """Access-token verification."""
 
-    issuers: tuple[IssuerSettings, ...] = Field(default_factory=lambda: (_dev_issuer(),), min_length=1)
+    issuers: tuple[IssuerSettings, ...] = Field(
+        default_factory=lambda: (_dev_issuer(),), min_length=1
+    )
     """Trusted issuers. The default trusts only the development issuer of `make certs`."""
     leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     """Clock skew allowed on `exp`, `nbf` and `iat`."""
@@ -99,8 +100,10 @@ class ModelSettings(_Section):
     id: str = Field(default="tiny-sd-test", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     """The id callers put in GenerateImageRequest.model."""
     source: str | None = None
-    """A local directory or a Hugging Face hub id for `from_pretrained`; unset = the tiny test model."""
-    description: str = "Tiny Stable-Diffusion-shaped test model with random weights (noise, not pictures)"
+    """A local directory or a hub id for `from_pretrained`; unset = the tiny test model."""
+    description: str = (
+        "Tiny Stable-Diffusion-shaped test model with random weights (noise, not pictures)"
+    )
     """Shown in ListModels."""
     is_test_model: bool = True
     """Shown in ListModels; true when the weights are random."""
@@ -164,7 +167,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     data.update({key: value for key, value in overrides.items() if value is not None})
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PIL import Image
-
 from pixelgate.server.encoding import ImageFormat
 
 

@@ -44,7 +44,9 @@ async def _value(result: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], around: Around
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Returns `handler` with every call run inside `around(context)`, same shape."""
     request_deserializer = handler.request_deserializer
     response_serializer = handler.response_serializer
@@ -96,7 +98,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
     )
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
+class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):  # type: ignore[type-arg]
     """Runs `around(method, context)` around every call of the methods it applies to."""
 
     def __init__(self, applies_to: MethodFilter = every_method) -> None:
@@ -104,9 +106,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        # `continuation` yields None for a method no service implements (the
+        # stubs say otherwise); gRPC then answers UNIMPLEMENTED.
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or not self._applies_to(method):

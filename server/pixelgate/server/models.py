@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-
 from pixelgate.server.config import ModelSettings
 from pixelgate.server.generation import GenerationRequest
 from pixelgate.server.tiny_model import ensure_tiny_model
@@ -51,14 +50,14 @@ class ModelCard:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the first CUDA device when one is present, else the CPU."""
+    """ "auto" is the first CUDA device when one is present, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" is float16 on CUDA (half the memory, tensor cores) and float32 on the CPU."""
+    """ "auto" is float16 on CUDA (half the memory, tensor cores) and float32 on the CPU."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
@@ -84,7 +83,9 @@ class LoadedModel:
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
         """Runs the pipeline for `request`; call from the engine's worker thread only."""
 
-        def step_end(pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def step_end(
+            pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
             on_step(step_index + 1, int(pipeline.num_timesteps))
             return kwargs
 
@@ -148,4 +149,11 @@ def load_model(settings: ModelSettings, cache_dir: Path) -> LoadedModel:
     return LoadedModel(card, pipeline, device)
 
 
-__all__ = ["LoadedModel", "ModelCard", "StepCallback", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "LoadedModel",
+    "ModelCard",
+    "StepCallback",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc.aio
-
 from pixelgate.server.encoding import chunks, encode_image
 from pixelgate.server.engine import GenerationEngine
 from pixelgate.server.generation import GeneratedImage, Queued, StepDone
@@ -43,23 +42,29 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             models=[_model_info(card, card.id == default_model) for card in models]
         )
 
-    async def GenerateImage(  # noqa: N802 (the name is the RPC's)
+    async def GenerateImage(
         self, request: pb.GenerateImageRequest, context: Context
     ) -> AsyncIterator[pb.GenerateImageResponse]:
         generation = self._validator.validate(request)
         job = self._engine.submit(generation)
         # Stop the pipeline however the call ends: cancelled, deadline, disconnect.
-        context.add_done_callback(lambda _: job.cancel())
+        context.add_done_callback(lambda _: job.cancel())  # type: ignore[arg-type]
         try:
             async for event in job.events():
                 if isinstance(event, Queued):
-                    yield _progress(pb.Progress.STATE_QUEUED, queue_position=event.position,
-                                    total_steps=generation.steps)
+                    yield _progress(
+                        pb.Progress.STATE_QUEUED,
+                        queue_position=event.position,
+                        total_steps=generation.steps,
+                    )
                 elif isinstance(event, StepDone):
-                    yield _progress(pb.Progress.STATE_RUNNING, step=event.step,
-                                    total_steps=event.total)
+                    yield _progress(
+                        pb.Progress.STATE_RUNNING, step=event.step, total_steps=event.total
+                    )
                 elif isinstance(event, GeneratedImage):
-                    async for response in self._image_messages(event, generation.output_format, generation.model_id):
+                    async for response in self._image_messages(
+                        event, generation.output_format, generation.model_id
+                    ):
                         yield response
         finally:
             job.cancel()
@@ -87,7 +92,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             )
         )
 
-    async def ListModels(  # noqa: N802 (the name is the RPC's)
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         return self._model_list

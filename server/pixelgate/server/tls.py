@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-
 from pixelgate.server.config import TlsSettings
 
 
@@ -27,7 +26,8 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise TlsConfigError(
-            f"cannot read the {what} {path}: {exc.strerror} (`make certs` creates a development set)"
+            f"cannot read the {what} {path}: {exc.strerror}"
+            " (`make certs` creates a development set)"
         ) from None
 
 

@@ -57,7 +57,11 @@ def _jwk_members(key: PublicKey) -> dict[str, str]:
         }
     if isinstance(key, rsa.RSAPublicKey):
         rsa_numbers = key.public_numbers()
-        return {"e": _b64url(_int_bytes(rsa_numbers.e)), "kty": "RSA", "n": _b64url(_int_bytes(rsa_numbers.n))}
+        return {
+            "e": _b64url(_int_bytes(rsa_numbers.e)),
+            "kty": "RSA",
+            "n": _b64url(_int_bytes(rsa_numbers.n)),
+        }
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     crv = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"
     return {"crv": crv, "kty": "OKP", "x": _b64url(raw)}
@@ -104,7 +108,9 @@ def load_public_key(path: Path) -> PublicKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UnusableKeyError(f"cannot read token verification key {path}: {exc.strerror}") from None
+        raise UnusableKeyError(
+            f"cannot read token verification key {path}: {exc.strerror}"
+        ) from None
     if b"PRIVATE KEY" in data:
         raise UnusableKeyError(f"{path} holds a private key; configure the public key only")
     try:
@@ -113,7 +119,10 @@ def load_public_key(path: Path) -> PublicKey:
         raise UnusableKeyError(f"{path} is not a PEM public key") from None
     if not isinstance(
         key,
-        ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey,
+        ec.EllipticCurvePublicKey
+        | rsa.RSAPublicKey
+        | ed25519.Ed25519PublicKey
+        | ed448.Ed448PublicKey,
     ):
         raise UnusableKeyError(f"{path} holds a key type that cannot sign tokens")
     return key
@@ -121,8 +130,8 @@ def load_public_key(path: Path) -> PublicKey:
 
 __all__ = [
     "PUBLIC_KEY_ALGORITHMS",
-    "UnusableKeyError",
     "PublicKey",
+    "UnusableKeyError",
     "VerificationKey",
     "algorithms_for",
     "key_id",

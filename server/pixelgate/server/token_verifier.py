@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.principal import Principal
 from pixelgate.server.token_keys import VerificationKey
@@ -87,12 +86,13 @@ class TokenVerifier:
             raise Unauthenticated("access token uses unsupported critical headers")
         if _media_type(str(header.get("typ", ""))) not in self._token_types:
             raise Unauthenticated("access token type (typ) is not accepted")
-        issuer = self._issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
+        claimed_issuer = unverified.get("iss")
+        issuer = self._issuers.get(claimed_issuer) if isinstance(claimed_issuer, str) else None
         if issuer is None:
             raise Unauthenticated("access token issuer is not trusted")
         key = self._key(issuer, header)
         algorithm = header.get("alg")
-        if algorithm not in key.algorithms:
+        if not isinstance(algorithm, str) or algorithm not in key.algorithms:
             raise Unauthenticated("access token algorithm is not allowed")
         try:
             claims = jwt.decode(

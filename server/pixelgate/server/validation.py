@@ -86,9 +86,16 @@ class RequestValidator:
 
         prompt = self._text("prompt", request.prompt, model, violations, required=True)
         negative = self._text("negative_prompt", request.negative_prompt, model, violations)
-        width = _size("width", request.width, card.default_width, card.min_size, card.max_width, violations)
+        width = _size(
+            "width", request.width, card.default_width, card.min_size, card.max_width, violations
+        )
         height = _size(
-            "height", request.height, card.default_height, card.min_size, card.max_height, violations
+            "height",
+            request.height,
+            card.default_height,
+            card.min_size,
+            card.max_height,
+            violations,
         )
         steps = request.steps or card.default_steps
         if not 1 <= steps <= card.max_steps:
@@ -159,7 +166,8 @@ class RequestValidator:
         if control is not None:
             violations.append(
                 FieldViolation(
-                    field, f"{field} must not contain control characters (found U+{ord(control):04X})"
+                    field,
+                    f"{field} must not contain control characters (found U+{ord(control):04X})",
                 )
             )
             return text
@@ -169,7 +177,8 @@ class RequestValidator:
             if tokens > limit:
                 violations.append(
                     FieldViolation(
-                        field, f"{field} must be at most {limit} tokens for this model (got {tokens})"
+                        field,
+                        f"{field} must be at most {limit} tokens for this model (got {tokens})",
                     )
                 )
         return text

@@ -1,0 +1,205 @@
+"""load_settings: safe defaults, TOML files, and clear ConfigErrors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+from pixelgate.server.config import ConfigError, Settings, load_settings
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pixelgate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, text))
+    return str(caught.value)
+
+
+ISSUER_TOML = """
+[[auth.issuers]]
+issuer = "https://login.example.com"
+audiences = ["pixelgate-prod"]
+public_key_files = ["keys/issuer.pub"]
+"""
+
+
+# --- defaults ------------------------------------------------------------------------------
+
+
+def test_defaults_use_dev_pki_and_tiny_model() -> None:
+    """With no file: loopback, the certs/dev PKI, the dev issuer and the tiny test model."""
+    settings = load_settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 50051
+    assert settings.tls.cert_file == DEV_DIR / "server.crt"
+    assert settings.tls.key_file == DEV_DIR / "server.key"
+    assert settings.tls.client_ca_file == DEV_DIR / "ca.crt"
+    (issuer,) = settings.auth.issuers
+    assert issuer.issuer == DEV_ISSUER
+    assert issuer.audiences == (DEV_AUDIENCE,)
+    assert issuer.public_key_files == (DEV_DIR / "token-signing.pub",)
+    assert "HS256" not in issuer.algorithms
+    assert settings.auth.token_types == ("at+jwt",)
+    assert settings.model.id == "tiny-sd-test"
+    assert settings.model.source is None
+    assert settings.model.is_test_model is True
+
+
+def test_defaults_equal_empty_file(tmp_path: Path) -> None:
+    """An empty config file means the same as no file."""
+    assert load_settings(_write(tmp_path, "")) == load_settings()
+
+
+# --- reading TOML --------------------------------------------------------------------------
+
+
+def test_toml_file_read(tmp_path: Path) -> None:
+    """Values in a TOML file override the defaults, nested sections included."""
+    path = _write(
+        tmp_path,
+        'host = "0.0.0.0"\nport = 6000\nmax_images_per_request = 2\n'
+        '[tls]\ncert_file = "/etc/pixelgate/tls.crt"\n'
+        "[rate_limit]\nrequests_per_minute = 120\nburst = 5\n"
+        '[model]\nid = "sd-1.5"\nsource = "/models/sd15"\nmin_size = 256\n'
+        "default_width = 512\ndefault_height = 512\nmax_steps = 80\nis_test_model = false\n"
+        + ISSUER_TOML
+        + 'algorithms = ["RS256"]\n',
+    )
+    settings = load_settings(path)
+    assert isinstance(settings, Settings)
+    assert (settings.host, settings.port, settings.max_images_per_request) == ("0.0.0.0", 6000, 2)
+    assert settings.tls.cert_file == Path("/etc/pixelgate/tls.crt")
+    assert settings.tls.key_file == DEV_DIR / "server.key"  # unset fields keep their default
+    assert (settings.rate_limit.requests_per_minute, settings.rate_limit.burst) == (120, 5)
+    assert settings.model.id == "sd-1.5"
+    assert settings.model.source == "/models/sd15"
+    assert (settings.model.min_size, settings.model.default_width) == (256, 512)
+    assert settings.model.is_test_model is False
+    (issuer,) = settings.auth.issuers
+    assert issuer.issuer == "https://login.example.com"
+    assert issuer.audiences == ("pixelgate-prod",)
+    assert issuer.public_key_files == (Path("keys/issuer.pub"),)
+    assert issuer.algorithms == ("RS256",)
+
+
+def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
+    """Command-line overrides beat the file; an override of None leaves the file's value."""
+    path = _write(tmp_path, 'host = "10.0.0.1"\nport = 6000\n')
+    settings = load_settings(path, host=None, port=7000)
+    assert (settings.host, settings.port) == ("10.0.0.1", 7000)
+
+
+# --- unknown keys --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("prot = 6000\n", "prot"),
+        ('[tls]\ncert_fle = "x.crt"\n', "tls.cert_fle"),
+        ("[rate_limit]\nrequests_per_second = 5\n", "rate_limit.requests_per_second"),
+        (ISSUER_TOML + "verify_signature = false\n", "auth.issuers.0.verify_signature"),
+    ],
+)
+def test_unknown_keys_refused(tmp_path: Path, text: str, where: str) -> None:
+    """A misspelt or unknown key is an error naming it, never silently ignored."""
+    message = _config_error(tmp_path, text)
+    assert message.startswith("invalid configuration: ")
+    assert where in message
+
+
+# --- invalid values ------------------------------------------------------------------------
+
+
+def test_port_out_of_range_refused(tmp_path: Path) -> None:
+    """Port 70000 is refused with the field and its bound."""
+    message = _config_error(tmp_path, "port = 70000\n")
+    assert "port" in message
+    assert "65535" in message
+
+
+def test_width_not_multiple_of_8_refused(tmp_path: Path) -> None:
+    """A model size that is not a multiple of 8 is refused, naming the field."""
+    message = _config_error(tmp_path, "[model]\ndefault_width = 100\n")
+    assert "default_width must be a multiple of 8" in message
+    assert "model" in message
+
+
+def test_default_steps_above_max_refused(tmp_path: Path) -> None:
+    """default_steps greater than max_steps is refused."""
+    message = _config_error(tmp_path, "[model]\ndefault_steps = 50\nmax_steps = 20\n")
+    assert "default_steps must not exceed max_steps" in message
+
+
+def test_default_width_outside_bounds_refused(tmp_path: Path) -> None:
+    """A default size outside min_size..max size is refused."""
+    message = _config_error(tmp_path, "[model]\ndefault_width = 1024\n")
+    assert "default_width must lie within min_size..max_width" in message
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "none"])
+def test_symmetric_or_none_algorithm_refused(tmp_path: Path, algorithm: str) -> None:
+    """HS256 and `none` cannot be configured as token algorithms."""
+    message = _config_error(tmp_path, ISSUER_TOML + f'algorithms = ["{algorithm}"]\n')
+    assert "auth.issuers.0.algorithms.0" in message
+    assert "ES256" in message  # says which values are allowed
+
+
+def test_empty_audiences_refused(tmp_path: Path) -> None:
+    """An issuer with no audiences (which would accept any token) is refused."""
+    text = ISSUER_TOML.replace('["pixelgate-prod"]', "[]")
+    message = _config_error(tmp_path, text)
+    assert "auth.issuers.0.audiences" in message
+    assert "at least 1" in message
+
+
+def test_empty_issuer_list_refused(tmp_path: Path) -> None:
+    """An empty issuer list is refused rather than meaning 'trust nothing' or 'anything'."""
+    message = _config_error(tmp_path, "[auth]\nissuers = []\n")
+    assert "auth.issuers" in message
+
+
+def test_several_problems_reported_together(tmp_path: Path) -> None:
+    """All invalid values are listed in one ConfigError."""
+    message = _config_error(tmp_path, "port = 70000\nmax_images_per_request = 0\n")
+    assert "port" in message
+    assert "max_images_per_request" in message
+
+
+# --- unreadable files ----------------------------------------------------------------------
+
+
+def test_missing_file_refused(tmp_path: Path) -> None:
+    """A config path that does not exist gives a ConfigError naming it."""
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match="cannot read config file") as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value)
+
+
+def test_directory_as_file_refused(tmp_path: Path) -> None:
+    """A directory given as the config file gives a ConfigError."""
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["port = \n", "[tls\n", "port = 1\nport = 2\n", "host = 'a"])
+def test_invalid_toml_refused(tmp_path: Path, text: str) -> None:
+    """A file that is not valid TOML gives a ConfigError naming the file."""
+    message = _config_error(tmp_path, text)
+    assert "is not valid TOML" in message
+    assert "pixelgate.toml" in message
+
+
+def test_non_utf8_file_refused(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 (so not TOML) gives a ConfigError, not a traceback."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('host = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError):
+        load_settings(path)
