@@ -13,7 +13,7 @@ PROMPT  ?= a lighthouse on a cliff at dusk
 OUT     ?= image.png
 CERTS   := certs/dev
 PROTOS  := $(wildcard protos/pixelgate/v1/*.proto)
-STUBS   := $(PROTOS:.proto=_pb2.py)
+STUBS   := protos/pixelgate/v1/descriptor_set.binpb
 INSTALLED := $(VENV)/.installed
 
 .PHONY: help install proto certs token model serve generate test lint clean
@@ -22,7 +22,8 @@ help:
 	@echo "make serve     set up (venv, deps, stubs, dev PKI, tiny model) and serve on $(HOST):$(PORT)"
 	@echo "make generate  ask the running server for an image: PROMPT='...' OUT=image.png"
 	@echo "make test      set up and run the test suite"
-	@echo "make proto | certs | token | model | lint | clean"
+	@echo "make token     print a dev access token: SUBJECT=alice SCOPES='models:read'"
+	@echo "make proto | certs | model | lint | clean"
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,13 +34,16 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# Stubs (messages, service, and their .pyi type stubs) come from protos/ only.
-protos/pixelgate/v1/%_pb2.py: protos/pixelgate/v1/%.proto $(INSTALLED)
+# Stubs (messages, service, their .pyi type stubs) and a descriptor set with the
+# protos' comments (served by reflection) come from protos/ only, all in one go.
+$(STUBS): $(PROTOS) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I protos \
 		--python_out=protos --grpc_python_out=protos \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-		--mypy_out=protos --mypy_grpc_out=protos $<
+		--mypy_out=protos --mypy_grpc_out=protos \
+		--include_source_info --include_imports \
+		--descriptor_set_out=$(STUBS) $(PROTOS)
 
 proto: $(STUBS)
 
@@ -49,7 +53,7 @@ $(CERTS)/ca.crt: | $(STUBS)
 certs: $(CERTS)/ca.crt
 
 token: certs
-	@$(BIN)/pixelgate token $(if $(SCOPES),--scope $(SCOPES))
+	@$(BIN)/pixelgate token $(if $(SUBJECT),--subject $(SUBJECT)) $(foreach s,$(SCOPES),--scope $(s))
 
 model: $(STUBS)
 	$(BIN)/pixelgate-server --prepare-model
@@ -61,12 +65,13 @@ generate: certs
 	PIXELGATE_TOKEN="$$($(BIN)/pixelgate token --scope images:generate)" \
 		$(BIN)/pixelgate --target $(HOST):$(PORT) generate "$(PROMPT)" -o $(OUT)
 
-test: $(STUBS)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STUBS)
 	$(BIN)/ruff check server client tests
+	$(BIN)/ruff format --check server client tests
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(STUBS:_pb2.py=_pb2.pyi) $(STUBS:_pb2.py=_pb2_grpc.py) $(STUBS:_pb2.py=_pb2_grpc.pyi) $(STUBS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(STUBS) protos/pixelgate/v1/*_pb2*.py* .pytest_cache .mypy_cache .ruff_cache

@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def _token(args: argparse.Namespace) -> str | Path | None:
     if args.token_file is not None:
         return Path(args.token_file)
-    return _env("TOKEN")
+    return _env("TOKEN") or None  # an empty variable means no token, not an empty one
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:
@@ -107,7 +107,16 @@ def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     paths = _output_paths(args.output, args.num_images)
-    bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, desc="queued")
+    # The bar shows on a terminal only, and is cleared when done: on failure the
+    # one error line stays alone.
+    bar = tqdm(
+        total=None,
+        unit="step",
+        disable=True if args.quiet else None,
+        leave=False,
+        file=sys.stderr,
+        desc="queued",
+    )
     try:
         for event in client.stream(
             args.prompt,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from pixelgate.server.access_log import AccessLogInterceptor
 from pixelgate.server.authentication import AuthenticationInterceptor
 from pixelgate.server.authorization import AuthorizationInterceptor, ScopePolicy
@@ -24,6 +24,7 @@ from pixelgate.server.engine import GenerationEngine
 from pixelgate.server.error_interceptor import ErrorInterceptor
 from pixelgate.server.models import LoadedModel, load_model
 from pixelgate.server.rate_limit import RateLimiter, RateLimitInterceptor
+from pixelgate.server.reflection import DocumentedReflectionServicer, documented_files
 from pixelgate.server.servicer import ImageServicer
 from pixelgate.server.tls import server_credentials
 from pixelgate.server.token_keys import UnusableKeyError, load_public_key, verification_key
@@ -138,8 +139,11 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
     pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        DocumentedReflectionServicer(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), documented_files()
+        ),
+        server,
     )
 
     port = server.add_secure_port(_address(settings.host, settings.port), credentials)

@@ -1,0 +1,214 @@
+"""The `pixelgate` command line, run as a real process against a real mTLS server."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from PIL import Image
+from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
+from pixelgate.dev.pki import DevPkiFiles
+
+TIMEOUT_S = 60
+"""Wall-clock limit for every CLI run."""
+
+PKI_FILES = (
+    "ca.crt",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "client.crt",
+    "client.key",
+    "token-signing.key",
+    "token-signing.pub",
+)
+PRIVATE_KEYS = ("ca.key", "server.key", "client.key", "token-signing.key")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any PIXELGATE_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELGATE_")}
+    env.update(extra)
+    return env
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pixelgate.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        env=env if env is not None else _clean_env(),
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def pixelgate(
+    server: Any, pki: DevPkiFiles, mint: Callable[..., str], tmp_path: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `pixelgate --target/--ca/--cert/--key ARGS` in tmp_path; token in PIXELGATE_TOKEN."""
+
+    def _run(*args: str, token: str | None = "default") -> subprocess.CompletedProcess[str]:
+        env = (
+            _clean_env()
+            if token is None
+            else _clean_env(PIXELGATE_TOKEN=mint() if token == "default" else token)
+        )
+        connection = [
+            "--target",
+            server.target,
+            "--ca",
+            str(pki.ca_cert),
+            "--cert",
+            str(pki.client_cert),
+            "--key",
+            str(pki.client_key),
+        ]
+        return _cli(*connection, *args, env=env, cwd=tmp_path)
+
+    return _run
+
+
+def _assert_png(path: Path, size: tuple[int, int] = (64, 64)) -> None:
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", size)
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_generate_writes_a_png(pixelgate, tmp_path):
+    """`generate PROMPT -o out.png` exits 0 and writes a 64x64 PNG."""
+    result = pixelgate(
+        "generate", "a red fox", "-o", "out.png", "--steps", "2", "--seed", "5", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    _assert_png(tmp_path / "out.png")
+    assert "seed 5" in result.stdout + result.stderr
+
+
+def test_generate_several_images_numbers_the_files(pixelgate, tmp_path):
+    """`-n 2 -o out.png` writes out-0.png and out-1.png, and no out.png."""
+    result = pixelgate(
+        "generate", "a red fox", "-o", "out.png", "--steps", "2", "-n", "2", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    _assert_png(tmp_path / "out-0.png")
+    _assert_png(tmp_path / "out-1.png")
+    assert not (tmp_path / "out.png").exists()
+    assert (tmp_path / "out-0.png").read_bytes() != (tmp_path / "out-1.png").read_bytes()
+
+
+def test_invalid_argument_is_one_line_and_exit_1(pixelgate, tmp_path):
+    """A rejected request: exit 1, one stderr line `pixelgate: INVALID_ARGUMENT: ...width...`."""
+    result = pixelgate("generate", "a red fox", "-o", "out.png", "--width", "100", "--quiet")
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert line.startswith("pixelgate: INVALID_ARGUMENT")
+    assert "width" in line
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_no_token_is_unauthenticated_and_exit_1(pixelgate, tmp_path):
+    """Without PIXELGATE_TOKEN: one stderr line `pixelgate: UNAUTHENTICATED: ...`, exit 1."""
+    result = pixelgate(
+        "generate", "a red fox", "-o", "out.png", "--steps", "2", "--quiet", token=None
+    )
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr).startswith("pixelgate: UNAUTHENTICATED")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_models_lists_the_tiny_model(pixelgate):
+    """`models` prints the tiny test model, marked default and test model."""
+    result = pixelgate("models")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith("tiny-sd-test (default) [test model]:")
+
+
+def test_health_prints_serving_without_a_token(pixelgate):
+    """`health` needs no token and prints SERVING."""
+    result = pixelgate("health", token=None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SERVING"
+
+
+def test_token_mints_an_rfc9068_access_token(pki):
+    """`token` prints a signed at+jwt with the given sub and scope plus aud, iss, exp, iat, jti."""
+    result = _cli(
+        "token", "--signing-key", str(pki.signing_key), "--subject", "bob", "--scope", "models:read"
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "bob"
+    assert claims["scope"] == "models:read"
+    assert claims["aud"] == DEV_AUDIENCE
+    assert claims["iss"] == DEV_ISSUER
+    assert {"exp", "iat", "jti"} <= claims.keys()
+    assert claims["exp"] > claims["iat"]
+    public_key = serialization.load_pem_public_key(pki.verification_key.read_bytes())
+    jwt.decode(token, public_key, algorithms=["ES256"], audience=DEV_AUDIENCE, issuer=DEV_ISSUER)
+
+
+def test_certs_creates_a_private_pki_idempotently(tmp_path):
+    """`certs --out DIR` writes every file, keys 0600; a second run leaves every byte as is."""
+    out = tmp_path / "dev"
+    first = _cli("certs", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(PKI_FILES)
+    for name in PRIVATE_KEYS:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+    contents = {name: (out / name).read_bytes() for name in PKI_FILES}
+
+    again = _cli("certs", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert {name: (out / name).read_bytes() for name in PKI_FILES} == contents
+
+
+def test_certs_have_the_extensions_tls_validators_check(tmp_path):
+    """Server cert: localhost/127.0.0.1, serverAuth, SKI/AKI; client: spiffe URI, clientAuth."""
+    out = tmp_path / "dev"
+    assert _cli("certs", "--out", str(out)).returncode == 0
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "server.crt").read_bytes())
+    client = x509.load_pem_x509_certificate((out / "client.crt").read_bytes())
+    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+
+    server_sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in server_sans.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("127.0.0.1") in server_sans.get_values_for_type(x509.IPAddress)
+    server_eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in server_eku
+    server_ski = server.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert server_ski == x509.SubjectKeyIdentifier.from_public_key(server.public_key())
+    server_aki = server.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert server_aki.key_identifier == ca_ski.digest
+    server.verify_directly_issued_by(ca)
+
+    client_sans = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    uris = client_sans.get_values_for_type(x509.UniformResourceIdentifier)
+    assert any(uri.startswith("spiffe://") for uri in uris), uris
+    client_eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in client_eku
+    client.verify_directly_issued_by(ca)
