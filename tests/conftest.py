@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import EventLoopThread, ServerUnderTest, settings_for, start
+
 from pixelgate.client import PixelgateClient
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
 from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token
 from pixelgate.server.config import ModelSettings
 from pixelgate.server.models import LoadedModel, load_model
-from support import EventLoopThread, ServerUnderTest, settings_for, start
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
 from pixelgate.dev.pki import DevPkiFiles
 
 TIMEOUT_S = 30

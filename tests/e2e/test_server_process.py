@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
 from pixelgate.client import GeneratedImage, PixelgateClient, Unavailable
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles

@@ -6,6 +6,7 @@ import logging
 import time
 
 import pytest
+
 from pixelgate.client import (
     InvalidArgument,
     NotFound,

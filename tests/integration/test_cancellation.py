@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from pixelgate.client import DeadlineExceeded, RateLimited
 from pixelgate.v1 import image_service_pb2 as pb
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 
 from PIL import Image
+
 from pixelgate.client import GeneratedImage
 from pixelgate.v1 import image_service_pb2 as pb
 
@@ -83,6 +84,7 @@ def test_each_output_format_decodes_at_the_requested_size(server, connect):
 def test_large_images_are_split_into_64_kib_chunks(server, pki, mint):
     """Raw stream: chunks are in order, at most 64 KiB, and add up to the announced size."""
     import grpc
+
     from pixelgate.client.credentials import channel_credentials
     from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pixelgate.client import PixelgateClient, Unavailable
 from pixelgate.dev.pki import issue_client_certificate, make_ca
 

@@ -7,6 +7,7 @@ import threading
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pixelgate.client import GeneratedImage, Unavailable
 from pixelgate.v1 import image_service_pb2 as pb
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 from pixelgate.server.config import ConfigError, Settings, load_settings
 

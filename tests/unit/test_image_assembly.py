@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from pixelgate.client.errors import IncompleteImage
 from pixelgate.client.images import GeneratedImage, ImageAssembler
 from pixelgate.v1 import image_service_pb2 as pb

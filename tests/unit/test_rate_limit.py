@@ -6,6 +6,7 @@ import sys
 import threading
 
 import pytest
+
 from pixelgate.server.rate_limit import RateLimiter, TokenBucket
 
 

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+
 from pixelgate.server.encoding import ImageFormat
 from pixelgate.server.errors import InvalidArgument, NotFound
 from pixelgate.server.models import ModelCard

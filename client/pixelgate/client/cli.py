@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pixelgate.client.client import PixelgateClient
 from pixelgate.client.errors import PixelgateError
 from pixelgate.client.images import GeneratedImage
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
-from tqdm import tqdm
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

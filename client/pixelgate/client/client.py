@@ -8,6 +8,7 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pixelgate.client.credentials import TokenSource, channel_credentials
 from pixelgate.client.errors import error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler

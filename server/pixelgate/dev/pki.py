@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from pixelgate.dev import DEV_CLIENT_ID
 from pixelgate.dev.tokens import generate_signing_key, write_signing_key_pair
 

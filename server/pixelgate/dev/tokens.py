@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.server.token_keys import key_id
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
 from pixelgate.server.interception import CallInterceptor
 from pixelgate.server.principal import maybe_current_principal
 

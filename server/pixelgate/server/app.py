@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
 from pixelgate.server.access_log import AccessLogInterceptor
 from pixelgate.server.authentication import AuthenticationInterceptor
 from pixelgate.server.authorization import AuthorizationInterceptor, ScopePolicy
@@ -132,7 +133,7 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
     servicer = ImageServicer(
         engine,
         validator,
-        [card for card in (m.card for m in models.values())],
+        [m.card for m in models.values()],
         default_model=model.card.id,
         chunk_size=settings.chunk_size,
     )

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc.aio
+
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.interception import CallGuard, MethodFilter
 from pixelgate.server.principal import bind_principal

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc.aio
+
 from pixelgate.server.errors import PermissionDenied
 from pixelgate.server.interception import CallGuard, MethodFilter
 from pixelgate.server.principal import Principal, current_principal

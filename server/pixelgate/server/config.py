@@ -14,8 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc.aio
+
 from pixelgate.server.errors import INTERNAL_MESSAGE, ServiceError
 from pixelgate.server.interception import CallInterceptor
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PIL import Image
+
 from pixelgate.server.encoding import ImageFormat
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+
 from pixelgate.server.config import ModelSettings
 from pixelgate.server.generation import GenerationRequest
 from pixelgate.server.tiny_model import ensure_tiny_model

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
+
 from pixelgate.server.errors import ResourceExhausted
 from pixelgate.server.interception import CallGuard, MethodFilter
 from pixelgate.server.principal import current_principal

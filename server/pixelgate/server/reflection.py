@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from pixelgate.v1 import image_service_pb2
 
 log = logging.getLogger("pixelgate.server")

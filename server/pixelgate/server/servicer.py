@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc.aio
+
 from pixelgate.server.encoding import chunks, encode_image
 from pixelgate.server.engine import GenerationEngine
-from pixelgate.server.generation import GeneratedImage, Queued, StepDone
+from pixelgate.server.generation import GeneratedImage, GenerationRequest, Queued, StepDone
 from pixelgate.server.models import ModelCard
 from pixelgate.server.validation import RequestValidator
 from pixelgate.v1 import image_service_pb2 as pb
@@ -62,18 +63,16 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                         pb.Progress.STATE_RUNNING, step=event.step, total_steps=event.total
                     )
                 elif isinstance(event, GeneratedImage):
-                    async for response in self._image_messages(
-                        event, generation.output_format, generation.model_id
-                    ):
+                    async for response in self._image_messages(event, generation):
                         yield response
         finally:
             job.cancel()
 
     async def _image_messages(
-        self, image: GeneratedImage, output_format: Any, model_id: str
+        self, image: GeneratedImage, generation: GenerationRequest
     ) -> AsyncIterator[pb.GenerateImageResponse]:
         # Encoding is CPU work: off the event loop, and off the model's worker.
-        encoded = await asyncio.to_thread(encode_image, image.image, output_format)
+        encoded = await asyncio.to_thread(encode_image, image.image, generation.output_format)
         for offset, data in chunks(encoded.data, self._chunk_size):
             yield pb.GenerateImageResponse(
                 chunk=pb.ImageChunk(image_index=image.index, offset=offset, data=data)
@@ -87,7 +86,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                 size_bytes=len(encoded.data),
                 sha256=encoded.sha256,
                 seed=image.seed,
-                model=model_id,
+                model=generation.model_id,
                 steps=image.steps,
             )
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
 from pixelgate.server.config import TlsSettings
 
 

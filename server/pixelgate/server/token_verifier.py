@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.principal import Principal
 from pixelgate.server.token_keys import VerificationKey
