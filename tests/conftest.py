@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import EventLoopThread, ServerUnderTest, settings_for, start
+from support import EventLoopThread, RedisServer, ServerUnderTest, settings_for, start
 
 from pixelgate.client import PixelgateClient
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
@@ -106,3 +106,18 @@ def connect(pki: DevPkiFiles, mint: Callable[..., str]) -> Iterator[Callable[...
     yield _connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis on a free loopback port for the whole session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis's URL, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url

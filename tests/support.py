@@ -37,7 +37,15 @@ def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Setting
                 }
             ]
         },
-        "rate_limit": {"requests_per_minute": 6000, "burst": 1000},
+        "rate_limit": {
+            "requests_per_minute": 60000,
+            "burst": 10000,
+            "gpu_cost_per_minute": 1e9,
+            "gpu_cost_burst": 1e9,
+            "max_concurrent_generations": 100,
+            "peer_requests_per_minute": 60000,
+            "peer_burst": 10000,
+        },
         "cache_dir": cache_dir,
     }
     base.update(overrides)
@@ -85,3 +93,64 @@ def start(settings: Settings, model: LoadedModel | Any, loop: EventLoopThread) -
     """Starts a server for `settings` on `loop`, sharing an already-loaded model."""
     running = loop.run(start_server(settings, model=model))
     return ServerUnderTest(running=running, settings=settings, loop=loop)
+
+
+class RedisServer:
+    """A real redis-server (Debian's) on a free loopback port, in a scratch directory."""
+
+    def __init__(self, directory: Path) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                self.stop()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def ping(self) -> bool:
+        """True when the server answers."""
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def flush(self) -> None:
+        """Empties the database between tests."""
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+    def stop(self) -> None:
+        """Stops the server."""
+        self._process.terminate()
+        self._process.wait(10)

@@ -74,9 +74,11 @@ def test_the_client_refuses_a_server_not_signed_by_its_ca(server, pki, mint, tmp
 
 
 def test_the_callers_certificate_identity_reaches_the_server(server, connect, caplog):
-    """The SPIFFE ID from the client certificate is part of the logged principal."""
+    """The SPIFFE ID from the client certificate is part of the audited principal."""
+    import json
     import logging
 
-    caplog.set_level(logging.INFO, logger="pixelgate.access")
+    caplog.set_level(logging.INFO, logger="pixelgate.audit")
     connect(server).list_models()
-    assert any("spiffe://pixelgate.invalid/client/dev" in r.getMessage() for r in caplog.records)
+    [entry] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "pixelgate.audit"]
+    assert entry["principal"]["certificate"] == "spiffe://pixelgate.invalid/client/dev"

@@ -1,15 +1,16 @@
-"""Scopes: which caller may call what, deny by default."""
+"""Scopes declared in the proto: which caller may call what, deny by default."""
 
 from __future__ import annotations
 
 import pytest
 
-from pixelgate.server.app import REQUIRED_SCOPES, SERVICE_NAME, needs_token
-from pixelgate.server.authorization import ScopePolicy
+from pixelgate.server.app import IMAGE_SERVICE, SERVICE_NAME, needs_token
+from pixelgate.server.authorization import ScopePolicy, declared_scopes
 from pixelgate.server.errors import PermissionDenied
 from pixelgate.server.principal import Principal
 from pixelgate.v1 import image_service_pb2 as pb
 
+POLICY = ScopePolicy.from_services([IMAGE_SERVICE])
 GENERATE = f"/{SERVICE_NAME}/GenerateImage"
 LIST = f"/{SERVICE_NAME}/ListModels"
 
@@ -20,14 +21,14 @@ def _caller(*scopes: str) -> Principal:
 
 def test_a_caller_with_the_required_scope_is_allowed():
     """images:generate lets a caller generate; models:read lets it list models."""
-    policy = ScopePolicy(REQUIRED_SCOPES)
+    policy = POLICY
     policy.check(GENERATE, _caller("images:generate"))
     policy.check(LIST, _caller("models:read"))
 
 
 def test_a_caller_without_the_scope_is_denied_and_told_which():
     """The refusal names the missing scope, so the caller knows what to ask its issuer for."""
-    policy = ScopePolicy(REQUIRED_SCOPES)
+    policy = POLICY
     with pytest.raises(PermissionDenied, match="images:generate"):
         policy.check(GENERATE, _caller("models:read"))
     with pytest.raises(PermissionDenied, match="models:read"):
@@ -44,9 +45,17 @@ def test_every_required_scope_must_be_held():
 
 def test_a_method_without_a_declaration_is_denied_to_everyone():
     """Deny by default: a new RPC is closed until someone declares who may call it."""
-    policy = ScopePolicy(REQUIRED_SCOPES)
+    policy = POLICY
     with pytest.raises(PermissionDenied, match="not open to any caller"):
         policy.check(f"/{SERVICE_NAME}/DeleteEverything", _caller("images:generate", "models:read"))
+
+
+def test_the_proto_declares_each_methods_scopes():
+    """The `access` option in image_service.proto is what the policy enforces."""
+    assert declared_scopes([IMAGE_SERVICE]) == {
+        GENERATE: frozenset({"images:generate"}),
+        LIST: frozenset({"models:read"}),
+    }
 
 
 def test_every_image_service_method_is_protected():
@@ -57,7 +66,7 @@ def test_every_image_service_method_is_protected():
     assert methods
     for method in methods:
         assert needs_token(method)
-        assert REQUIRED_SCOPES.get(method), method
+        assert POLICY.required(method), method
 
 
 def test_only_health_and_reflection_go_without_a_token():

@@ -144,12 +144,63 @@ def test_default_width_outside_bounds_refused(tmp_path: Path) -> None:
     assert "default_width must lie within min_size..max_width" in message
 
 
-@pytest.mark.parametrize("algorithm", ["HS256", "none"])
-def test_symmetric_or_none_algorithm_refused(tmp_path: Path, algorithm: str) -> None:
-    """HS256 and `none` cannot be configured as token algorithms."""
-    message = _config_error(tmp_path, ISSUER_TOML + f'algorithms = ["{algorithm}"]\n')
+def test_none_algorithm_refused(tmp_path: Path) -> None:
+    """`none` can never be configured as a token algorithm."""
+    message = _config_error(tmp_path, ISSUER_TOML + 'algorithms = ["none"]\n')
     assert "auth.issuers.0.algorithms.0" in message
     assert "ES256" in message  # says which values are allowed
+
+
+def test_hs256_needs_a_secret_and_stands_alone(tmp_path: Path) -> None:
+    """HS256 only with a secret file, and never mixed with public-key algorithms."""
+    message = _config_error(tmp_path, ISSUER_TOML + 'algorithms = ["HS256"]\n')
+    assert "HS256 needs hmac_secret_file" in message
+    assert "at least 1 item" not in message  # no noise about the list the bad issuer left
+    mixed = """
+[[auth.issuers]]
+issuer = "https://login.example.com"
+audiences = ["pixelgate-prod"]
+hmac_secret_file = "secret"
+algorithms = ["HS256", "ES256"]
+"""
+    assert "cannot be mixed" in _config_error(tmp_path, mixed)
+    alone = mixed.replace('["HS256", "ES256"]', '["HS256"]')
+    path = tmp_path / "ok.toml"
+    path.write_text(alone, encoding="utf-8")
+    assert load_settings(path).auth.issuers[0].algorithms == ("HS256",)
+
+
+def test_an_issuer_has_exactly_one_key_source(tmp_path: Path) -> None:
+    """Two key sources (or none) for one issuer is refused, naming them."""
+    message = _config_error(tmp_path, ISSUER_TOML + 'jwks_url = "https://login.example.com/jwks"\n')
+    assert "exactly one key source" in message
+    assert "public_key_files, jwks_url" in message
+
+
+@pytest.mark.parametrize("url", ["http://login.example.com/jwks", "ftp://login.example.com/jwks"])
+def test_jwks_is_fetched_over_https_only(tmp_path: Path, url: str) -> None:
+    """Plain http (or anything else) for keys is refused, except to loopback."""
+    text = ISSUER_TOML.replace('public_key_files = ["keys/issuer.pub"]', f'jwks_url = "{url}"')
+    assert "jwks_url must be https://" in _config_error(tmp_path, text)
+    loopback = ISSUER_TOML.replace(
+        'public_key_files = ["keys/issuer.pub"]', 'jwks_url = "http://127.0.0.1:8080/jwks"'
+    )
+    path = tmp_path / "ok.toml"
+    path.write_text(loopback, encoding="utf-8")
+    assert load_settings(path).auth.issuers[0].jwks_url == "http://127.0.0.1:8080/jwks"
+
+
+def test_policy_rules_are_validated(tmp_path: Path) -> None:
+    """A rule whose match names two conditions is refused with the rule's position."""
+    text = """
+[[policy.rules]]
+name = "free"
+match = { scope = "tier:free", client_id = "x" }
+max_steps = 10
+"""
+    message = _config_error(tmp_path, text)
+    assert "policy.rules.0.match" in message
+    assert "exactly one of" in message
 
 
 def test_empty_audiences_refused(tmp_path: Path) -> None:

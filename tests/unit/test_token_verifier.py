@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -29,7 +30,13 @@ from pixelgate.server.token_keys import (
     load_public_key,
     verification_key,
 )
-from pixelgate.server.token_verifier import MAX_TOKEN_BYTES, TokenVerifier, TrustedIssuer
+from pixelgate.server.key_sources import StaticKeys
+from pixelgate.server.token_verifier import (
+    MAX_TOKEN_BYTES,
+    TokenVerifier,
+    TrustedIssuer,
+    VerifiedToken,
+)
 
 ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 ISSUER_B = "https://other-issuer.pixelgate.invalid"
@@ -73,10 +80,18 @@ def _with_signature(token: str, signature: bytes) -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
+def _issuer(name: str, audiences: list[str], keys: list[VerificationKey]) -> TrustedIssuer:
+    return TrustedIssuer(name, tuple(audiences), StaticKeys({key.kid: key for key in keys}))
+
+
+def _verify(verifier: TokenVerifier, token: str) -> VerifiedToken:
+    return asyncio.run(verifier.verify(token))
+
+
 def _refused(verifier: TokenVerifier, token: str, reason: str = "") -> Unauthenticated:
     """Asserts `token` is refused (with `reason` in the message) and never echoed back."""
     with pytest.raises(Unauthenticated) as caught:
-        verifier.verify(token)
+        _verify(verifier, token)
     message = caught.value.message
     assert reason in message
     for part in token.split("."):
@@ -94,7 +109,7 @@ def trusted_key(pki: DevPkiFiles) -> VerificationKey:
 
 @pytest.fixture(scope="module")
 def dev_issuer(trusted_key: VerificationKey) -> TrustedIssuer:
-    return TrustedIssuer.with_keys(DEV_ISSUER, [DEV_AUDIENCE], [trusted_key])
+    return _issuer(DEV_ISSUER, [DEV_AUDIENCE], [trusted_key])
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +133,12 @@ def test_good_token_gives_principal(verifier: TokenVerifier, mint: Callable[...,
         client_id="cli-app",
         extra_claims={"jti": "token-1"},
     )
-    principal = verifier.verify(token, certificate_identity="spiffe://x/client")
+    principal = _verify(verifier, token)
     assert principal.subject == "alice"
     assert principal.scopes == frozenset({"images:generate", "models:read"})
     assert principal.client_id == "cli-app"
     assert principal.issuer == DEV_ISSUER
     assert principal.token_id == "token-1"
-    assert principal.certificate_identity == "spiffe://x/client"
 
 
 def test_token_without_scope_has_no_scopes(
@@ -133,7 +147,7 @@ def test_token_without_scope_has_no_scopes(
     """A token with no `scope` claim is accepted but grants no scopes."""
     claims = _claims()
     del claims["scope"]
-    principal = verifier.verify(_sign(claims, signing_key))
+    principal = _verify(verifier, _sign(claims, signing_key))
     assert principal.scopes == frozenset()
     assert principal.client_id is None
 
@@ -141,7 +155,7 @@ def test_token_without_scope_has_no_scopes(
 def test_application_at_jwt_typ_accepted(verifier: TokenVerifier, mint: Callable[..., str]) -> None:
     """`typ: application/at+jwt` is the same media type as `at+jwt` and is accepted."""
     token = mint(extra_headers={"typ": "application/at+jwt"})
-    assert verifier.verify(token).subject == "test-user"
+    assert _verify(verifier, token).subject == "test-user"
 
 
 def test_audience_list_containing_service_accepted(
@@ -149,7 +163,7 @@ def test_audience_list_containing_service_accepted(
 ) -> None:
     """A token whose `aud` list includes this service is accepted."""
     token = _sign(_claims(aud=["someone-else", DEV_AUDIENCE]), signing_key)
-    assert verifier.verify(token).subject == "test-user"
+    assert _verify(verifier, token).subject == "test-user"
 
 
 def test_token_without_kid_uses_issuers_only_key(
@@ -157,7 +171,7 @@ def test_token_without_kid_uses_issuers_only_key(
 ) -> None:
     """With one configured key, a token without `kid` is verified against that key."""
     token = jwt.encode(_claims(), signing_key, algorithm="ES256", headers={"typ": "at+jwt"})
-    assert verifier.verify(token).subject == "test-user"
+    assert _verify(verifier, token).subject == "test-user"
 
 
 def test_token_of_exactly_max_size_accepted(
@@ -173,7 +187,7 @@ def test_token_of_exactly_max_size_accepted(
         if len(token) == MAX_TOKEN_BYTES:
             break
     assert len(token) == MAX_TOKEN_BYTES
-    assert verifier.verify(token).subject == "test-user"
+    assert _verify(verifier, token).subject == "test-user"
 
 
 # --- time claims ---------------------------------------------------------------------------
@@ -190,7 +204,7 @@ def test_expired_within_leeway_accepted(verifier: TokenVerifier, signing_key: Si
     now = time.time()
     exp = int(now) + 1 - 29  # ceil(now) - 29: at most 29 s in the past
     token = _sign(_claims(iat=exp - 600, exp=exp), signing_key)
-    assert verifier.verify(token).subject == "test-user"
+    assert _verify(verifier, token).subject == "test-user"
 
 
 def test_expired_beyond_leeway_refused(verifier: TokenVerifier, signing_key: SigningKey) -> None:
@@ -377,14 +391,12 @@ def test_token_for_issuer_b_signed_with_issuer_a_key_refused(
 ) -> None:
     """With two trusted issuers, A's key cannot sign tokens that claim to be from B."""
     key_b = generate_signing_key()
-    issuer_b = TrustedIssuer.with_keys(
-        ISSUER_B, [DEV_AUDIENCE], [verification_key(key_b.public_key(), ALGORITHMS)]
-    )
+    issuer_b = _issuer(ISSUER_B, [DEV_AUDIENCE], [verification_key(key_b.public_key(), ALGORITHMS)])
     verifier = TokenVerifier([dev_issuer, issuer_b])
     # Sanity: each issuer's own tokens pass.
     token_b = mint_access_token(key_b, subject="b", issuer=ISSUER_B)
-    assert verifier.verify(token_b).issuer == ISSUER_B
-    assert verifier.verify(mint_access_token(signing_key, subject="a")).issuer == DEV_ISSUER
+    assert _verify(verifier, token_b).issuer == ISSUER_B
+    assert _verify(verifier, mint_access_token(signing_key, subject="a")).issuer == DEV_ISSUER
     # A's key, with and without A's kid, claiming B.
     _refused(verifier, mint_access_token(signing_key, subject="a", issuer=ISSUER_B))
     token = jwt.encode(
@@ -414,7 +426,7 @@ def test_plain_jwt_typ_accepted_when_configured(
 ) -> None:
     """A verifier configured for `JWT` tokens accepts them (token_types is honoured)."""
     verifier = TokenVerifier([dev_issuer], token_types=("at+jwt", "JWT"))
-    assert verifier.verify(mint(extra_headers={"typ": "JWT"})).subject == "test-user"
+    assert _verify(verifier, mint(extra_headers={"typ": "JWT"})).subject == "test-user"
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,16 @@
 """The composition root: the one place that knows every piece and wires them.
 
 The interceptor chain's order is written here once. Outermost first:
-access log, error mapping, authentication, authorization, rate limiting,
-then the servicer. Health and reflection need mutual TLS (the transport
+
+1. audit log (sees every call's final status),
+2. error mapping (exceptions to statuses, nothing internal leaks),
+3. per-peer rate limit (bounds unauthenticated floods),
+4. authentication (client certificate identity, bearer token, binding),
+5. authorization (scopes declared in the proto),
+6. per-caller rate limit,
+
+then the servicer, which validates, applies per-caller policy and GPU quota,
+and runs the engine. Health and reflection need mutual TLS (the transport
 requires it of every connection) but no token.
 """
 
@@ -10,25 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from pixelgate.server.access_log import AccessLogInterceptor
+from pixelgate.server.audit_log import AuditLogInterceptor
 from pixelgate.server.authentication import AuthenticationInterceptor
 from pixelgate.server.authorization import AuthorizationInterceptor, ScopePolicy
-from pixelgate.server.config import AuthSettings, ConfigError, Settings
+from pixelgate.server.caller_policy import CallerPolicy
+from pixelgate.server.client_identity import BindingPolicy
+from pixelgate.server.config import AuthSettings, ConfigError, RateLimitSettings, Settings
 from pixelgate.server.engine import GenerationEngine
 from pixelgate.server.error_interceptor import ErrorInterceptor
+from pixelgate.server.gpu_quota import CostModel, GpuQuota
+from pixelgate.server.interception import every_method
+from pixelgate.server.key_sources import key_source
 from pixelgate.server.models import LoadedModel, load_model
-from pixelgate.server.rate_limit import RateLimiter, RateLimitInterceptor
+from pixelgate.server.rate_limit import Limit, Limiter, MemoryBackend, RateLimitBackend
+from pixelgate.server.rate_limit_interceptors import (
+    CallerRateLimitInterceptor,
+    PeerRateLimitInterceptor,
+)
+from pixelgate.server.redis_rate_limit import RedisBackend
 from pixelgate.server.reflection import DocumentedReflectionServicer, documented_files
 from pixelgate.server.servicer import ImageServicer
 from pixelgate.server.tls import server_credentials
-from pixelgate.server.token_keys import UnusableKeyError, load_public_key, verification_key
+from pixelgate.server.token_keys import UnusableKeyError
 from pixelgate.server.token_verifier import TokenVerifier, TrustedIssuer
 from pixelgate.server.validation import RequestValidator
 from pixelgate.v1 import image_service_pb2 as pb
@@ -36,22 +55,16 @@ from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("pixelgate.server")
 
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+IMAGE_SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"]
+SERVICE_NAME: str = IMAGE_SERVICE.full_name
 
-REQUIRED_SCOPES: dict[str, set[str]] = {
-    f"/{SERVICE_NAME}/GenerateImage": {"images:generate"},
-    f"/{SERVICE_NAME}/ListModels": {"models:read"},
-}
-"""Scopes each method needs. Any other method (health and reflection aside) is denied."""
-
-TOKENLESS_SERVICES: tuple[str, ...] = (
-    health.SERVICE_NAME,
-    reflection.SERVICE_NAME,
-)
-"""Services that need mutual TLS but no access token."""
+TOKENLESS_SERVICES: tuple[str, ...] = (health.SERVICE_NAME, reflection.SERVICE_NAME)
+"""Services that need mutual TLS but no access token: the explicit exception list."""
 
 MAX_REQUEST_BYTES = 64 * 1024
 """Largest request message accepted; a GenerateImageRequest within bounds is far smaller."""
+
+Closer = Callable[[], Awaitable[None]]
 
 
 def needs_token(method: str) -> bool:
@@ -59,19 +72,43 @@ def needs_token(method: str) -> bool:
     return not any(method.startswith(f"/{service}/") for service in TOKENLESS_SERVICES)
 
 
-def build_verifier(auth: AuthSettings) -> TokenVerifier:
-    """Loads every issuer's keys; a bad key stops start-up with a clear error."""
-    issuers = []
-    for issuer in auth.issuers:
+async def build_verifier(auth: AuthSettings) -> tuple[TokenVerifier, list[Closer]]:
+    """Loads (or starts fetching) every issuer's keys; a bad key file stops start-up."""
+    issuers: list[TrustedIssuer] = []
+    closers: list[Closer] = []
+    for settings in auth.issuers:
         try:
-            keys = [
-                verification_key(load_public_key(path), issuer.algorithms)
-                for path in issuer.public_key_files
-            ]
+            source = key_source(settings)
         except UnusableKeyError as error:
-            raise ConfigError(f"issuer {issuer.issuer}: {error}") from None
-        issuers.append(TrustedIssuer.with_keys(issuer.issuer, issuer.audiences, keys))
-    return TokenVerifier(issuers, leeway_seconds=auth.leeway_seconds, token_types=auth.token_types)
+            raise ConfigError(f"issuer {settings.issuer}: {error}") from None
+        await source.start()
+        closers.append(source.aclose)
+        issuers.append(TrustedIssuer(settings.issuer, settings.audiences, source))
+    verifier = TokenVerifier(
+        issuers,
+        leeway_seconds=auth.leeway_seconds,
+        token_types=auth.token_types,
+        cache_size=auth.verified_token_cache_size,
+    )
+    return verifier, closers
+
+
+def build_limiter(settings: RateLimitSettings) -> Limiter:
+    """The bucket store the settings ask for, failing closed or open as configured."""
+    backend: RateLimitBackend
+    if settings.backend == "redis":
+        backend = RedisBackend.from_url(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+    else:
+        backend = MemoryBackend()
+    return Limiter(backend, fail_open=settings.on_backend_failure == "fail_open")
+
+
+def _per_minute(name: str, capacity: float, per_minute: float) -> Limit:
+    return Limit(name=name, capacity=capacity, per_second=per_minute / 60.0)
 
 
 def _address(host: str, port: int) -> str:
@@ -86,45 +123,67 @@ class RunningServer:
     port: int
     engine: GenerationEngine
     health: health.aio.HealthServicer  # type: ignore[name-defined]
+    closers: list[Closer] = field(default_factory=list)
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.aclose()
+        for close in self.closers:
+            await close()
 
 
-async def start_server(settings: Settings, *, model: LoadedModel | None = None) -> RunningServer:
+async def start_server(
+    settings: Settings, *, model: LoadedModel | None = None, interceptors: bool = True
+) -> RunningServer:
     """Builds every piece from `settings`, starts the server and returns it running.
 
     `model` lets a caller that already loaded the model (tests) share it.
+    `interceptors=False` serves with no interceptor at all (mutual TLS still on):
+    only for measuring what the chain costs; it is not reachable from settings.
     """
-    verifier = build_verifier(settings.auth)
     credentials = server_credentials(settings.tls)
     if model is None:
         model = await asyncio.to_thread(load_model, settings.model, settings.cache_dir)
     models = {model.card.id: model}
+    caller_policy = CallerPolicy(settings.policy.rules)
+    caller_policy.check_models_exist(models)
+    verifier, closers = await build_verifier(settings.auth)
+    limits = settings.rate_limit
+    limiter = build_limiter(limits)
+    closers.append(limiter.backend.aclose)
 
     engine = GenerationEngine(models, max_queued_jobs=settings.max_queued_jobs)
-    validator = RequestValidator(
-        models,
-        model.card.id,
-        max_prompt_bytes=settings.max_prompt_bytes,
-        max_images=settings.max_images_per_request,
-    )
-    limiter = RateLimiter(
-        requests_per_minute=settings.rate_limit.requests_per_minute,
-        burst=settings.rate_limit.burst,
-    )
-    interceptors = [
-        AccessLogInterceptor(),
+    auth = settings.auth
+    chain = [
+        AuditLogInterceptor(),
         ErrorInterceptor(),
-        AuthenticationInterceptor(verifier, applies_to=needs_token),
-        AuthorizationInterceptor(ScopePolicy(REQUIRED_SCOPES), applies_to=needs_token),
-        RateLimitInterceptor(limiter, applies_to=needs_token),
+        PeerRateLimitInterceptor(
+            limiter,
+            _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
+            applies_to=every_method,
+        ),
+        AuthenticationInterceptor(
+            verifier,
+            BindingPolicy(
+                require_bound_tokens=auth.require_bound_tokens,
+                certificate_must_match=auth.certificate_must_match,
+                allowed_identities=auth.allowed_client_identities,
+            ),
+            applies_to=needs_token,
+        ),
+        AuthorizationInterceptor(
+            ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token
+        ),
+        CallerRateLimitInterceptor(
+            limiter,
+            _per_minute("requests", limits.burst, limits.requests_per_minute),
+            applies_to=needs_token,
+        ),
     ]
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=chain if interceptors else [],
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
@@ -132,7 +191,19 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
     )
     servicer = ImageServicer(
         engine,
-        validator,
+        RequestValidator(
+            models,
+            model.card.id,
+            max_prompt_bytes=settings.max_prompt_bytes,
+            max_images=settings.max_images_per_request,
+        ),
+        caller_policy,
+        GpuQuota(
+            limiter,
+            _per_minute("gpu", limits.gpu_cost_burst, limits.gpu_cost_per_minute),
+            CostModel({model.card.id: settings.model.cost_factor}),
+            max_concurrent=limits.max_concurrent_generations,
+        ),
         [m.card for m in models.values()],
         default_model=model.card.id,
         chunk_size=settings.chunk_size,
@@ -141,9 +212,7 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        DocumentedReflectionServicer(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), documented_files()
-        ),
+        DocumentedReflectionServicer((SERVICE_NAME, *TOKENLESS_SERVICES), documented_files()),
         server,
     )
 
@@ -154,14 +223,17 @@ async def start_server(settings: Settings, *, model: LoadedModel | None = None) 
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("pixelgate listening on %s (mutual TLS)", _address(settings.host, port))
-    return RunningServer(server=server, port=port, engine=engine, health=health_servicer)
+    return RunningServer(
+        server=server, port=port, engine=engine, health=health_servicer, closers=closers
+    )
 
 
 __all__ = [
-    "REQUIRED_SCOPES",
+    "IMAGE_SERVICE",
     "SERVICE_NAME",
     "TOKENLESS_SERVICES",
     "RunningServer",
+    "build_limiter",
     "build_verifier",
     "needs_token",
     "start_server",

@@ -1,8 +1,9 @@
 """Authentication: every protected call carries a valid bearer access token.
 
-The token comes from the `authorization` metadata (`Bearer <JWT>`), is
-verified by the TokenVerifier, and the resulting Principal, joined with the
-caller's certificate identity from the TLS session, is bound to the call.
+The caller's certificate (already verified by the TLS handshake) must be
+allowed; the token comes from the `authorization` metadata (`Bearer <JWT>`),
+is verified by the TokenVerifier, must be bound to that certificate as policy
+says, and the resulting Principal is bound to the call.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 import grpc.aio
 
+from pixelgate.server.client_identity import BindingPolicy, client_certificate
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.interception import CallGuard, MethodFilter
-from pixelgate.server.principal import bind_principal
-from pixelgate.server.tls import certificate_identity
+from pixelgate.server.principal import Principal, bind_principal
 from pixelgate.server.token_verifier import TokenVerifier
 
 
@@ -38,16 +39,19 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 class AuthenticationInterceptor(CallGuard):
     """Refuses calls without a valid access token and binds the caller's Principal."""
 
-    def __init__(self, verifier: TokenVerifier, applies_to: MethodFilter) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, binding: BindingPolicy, applies_to: MethodFilter
+    ) -> None:
         super().__init__(applies_to)
         self._verifier = verifier
+        self._binding = binding
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        token = bearer_token(context.invocation_metadata())
-        principal = self._verifier.verify(
-            token, certificate_identity=certificate_identity(context.auth_context())
-        )
-        bind_principal(principal)
+        certificate = client_certificate(context.auth_context())
+        self._binding.admit_certificate(certificate)
+        token = await self._verifier.verify(bearer_token(context.invocation_metadata()))
+        self._binding.check(token, certificate)
+        bind_principal(Principal.of(token, certificate))
 
 
 __all__ = ["AuthenticationInterceptor", "bearer_token"]

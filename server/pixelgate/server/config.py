@@ -9,19 +9,22 @@ Relative paths are relative to the working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 
-Algorithm = Literal[
+PublicKeyAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
 ]
-"""Public-key JWS algorithms; HMAC and `none` cannot be configured."""
+Algorithm = PublicKeyAlgorithm | Literal["HS256"]
+"""JWS algorithms an issuer may be allowed; `none` can never be configured."""
 
 
 class ConfigError(ValueError):
@@ -37,6 +40,25 @@ def _default_cache_dir() -> Path:
     return Path(base) / "pixelgate"
 
 
+def is_loopback_http(url: str) -> bool:
+    """True for http:// URLs whose host is a loopback address (for tests)."""
+    parsed = urlsplit(url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        return False
+    if parsed.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parsed.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def check_fetch_url(url: str, what: str) -> None:
+    """Raises ValueError unless `url` is https, or http to a loopback host."""
+    if urlsplit(url).scheme != "https" and not is_loopback_http(url):
+        raise ValueError(f"{what} must be https:// (plain http only to a loopback host)")
+
+
 class TlsSettings(_Section):
     """Mutual TLS files, PEM-encoded."""
 
@@ -49,16 +71,66 @@ class TlsSettings(_Section):
 
 
 class IssuerSettings(_Section):
-    """An OAuth 2.0 authorization server whose access tokens are accepted."""
+    """An OAuth 2.0 authorization server whose access tokens are accepted.
+
+    Keys come from exactly one source: PEM files, a JWKS file, a JWKS URL, the
+    JWKS URL named in the issuer's metadata (`discovery`), or, for HS256 only,
+    a shared secret file.
+    """
 
     issuer: str = Field(min_length=1)
     """Exact `iss` value of its tokens."""
     audiences: tuple[str, ...] = Field(min_length=1)
     """`aud` values that mean this service; a token must carry one of them."""
-    public_key_files: tuple[Path, ...] = Field(min_length=1)
-    """PEM public keys its tokens may be signed with (looked up by JWK thumbprint `kid`)."""
     algorithms: tuple[Algorithm, ...] = ("ES256", "EdDSA", "RS256", "PS256")
-    """Allowed signature algorithms."""
+    """Allowed signature algorithms. HS256 only alone, and only with `hmac_secret_file`."""
+    public_key_files: tuple[Path, ...] = ()
+    """PEM public keys (each key's `kid` is its RFC 7638 thumbprint)."""
+    jwks_file: Path | None = None
+    """A JWKS document on disk (`kid` as it says)."""
+    jwks_url: str | None = None
+    """Where to fetch the issuer's JWKS (https; http only to loopback)."""
+    discovery: bool = False
+    """Find `jwks_uri` in the issuer's RFC 8414 metadata, else its OpenID configuration."""
+    hmac_secret_file: Path | None = None
+    """A shared secret of at least 32 bytes, for HS256 only."""
+    jwks_refresh_seconds: float = Field(default=300.0, ge=1)
+    """How often fetched keys are refreshed."""
+    unknown_kid_refresh_seconds: float = Field(default=30.0, ge=0)
+    """At most one extra refresh per this interval when tokens name an unknown `kid`."""
+    http_ca_file: Path | None = None
+    """CA bundle for fetching metadata and JWKS (default: the system's)."""
+    http_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Timeout of each metadata or JWKS fetch."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        sources = [
+            name
+            for name, present in (
+                ("public_key_files", bool(self.public_key_files)),
+                ("jwks_file", self.jwks_file is not None),
+                ("jwks_url", self.jwks_url is not None),
+                ("discovery", self.discovery),
+                ("hmac_secret_file", self.hmac_secret_file is not None),
+            )
+            if present
+        ]
+        if len(sources) != 1:
+            raise ValueError(
+                "configure exactly one key source of public_key_files, jwks_file, jwks_url,"
+                f" discovery, hmac_secret_file (got {', '.join(sources) or 'none'})"
+            )
+        uses_hmac = "HS256" in self.algorithms
+        if uses_hmac != (self.hmac_secret_file is not None):
+            raise ValueError("HS256 needs hmac_secret_file, and hmac_secret_file needs HS256")
+        if uses_hmac and len(set(self.algorithms)) != 1:
+            raise ValueError("HS256 cannot be mixed with public-key algorithms for one issuer")
+        if self.jwks_url is not None:
+            check_fetch_url(self.jwks_url, "jwks_url")
+        if self.discovery:
+            check_fetch_url(self.issuer, "an issuer using discovery")
+        return self
 
 
 def _dev_issuer() -> IssuerSettings:
@@ -70,7 +142,7 @@ def _dev_issuer() -> IssuerSettings:
 
 
 class AuthSettings(_Section):
-    """Access-token verification."""
+    """Access-token verification and the caller's certificate identity."""
 
     issuers: tuple[IssuerSettings, ...] = Field(
         default_factory=lambda: (_dev_issuer(),), min_length=1
@@ -79,16 +151,96 @@ class AuthSettings(_Section):
     leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     """Clock skew allowed on `exp`, `nbf` and `iat`."""
     token_types: tuple[str, ...] = ("at+jwt",)
-    """Accepted `typ` headers (RFC 9068 access tokens by default)."""
+    """Accepted `typ` headers: RFC 9068 access tokens; add "JWT" to accept plain JWTs."""
+    require_bound_tokens: bool = False
+    """Accept only certificate-bound tokens (RFC 8705 `cnf` with `x5t#S256`)."""
+    certificate_must_match: Literal["none", "sub", "client_id"] = "none"
+    """A token claim that must equal the client certificate's identity."""
+    allowed_client_identities: tuple[str, ...] = ()
+    """Certificate identities (SPIFFE ID, else DNS name, else CN) let in; empty = any."""
+    verified_token_cache_size: int = Field(default=10_000, ge=0)
+    """Verified tokens remembered until they expire (0 = verify the signature every call)."""
 
 
 class RateLimitSettings(_Section):
-    """Token bucket per authenticated caller."""
+    """Token buckets: per peer address before authentication, then per caller.
+
+    GPU cost is counted in units of one 512x512 denoising step of a model with
+    cost factor 1: a request costs width x height / 512^2 x steps x images x
+    the model's factor.
+    """
 
     requests_per_minute: float = Field(default=10.0, gt=0)
-    """Sustained rate each caller may call at."""
+    """Sustained calls per minute for each caller."""
     burst: int = Field(default=10, ge=1)
     """Calls a caller may make at once after being idle (the bucket's size)."""
+    gpu_cost_per_minute: float = Field(default=500.0, gt=0)
+    """Sustained GPU cost units per minute for each caller."""
+    gpu_cost_burst: float = Field(default=500.0, gt=0)
+    """The GPU-cost bucket's size; one request costing more is refused outright."""
+    max_concurrent_generations: int = Field(default=2, ge=1)
+    """Generations one caller may have queued or running at once."""
+    peer_requests_per_minute: float = Field(default=600.0, gt=0)
+    """Calls per minute from one peer address, counted before authentication."""
+    peer_burst: int = Field(default=100, ge=1)
+    """The per-peer bucket's size."""
+    backend: Literal["memory", "redis"] = "memory"
+    """Where buckets live: in this process, or in a Redis shared by every replica."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis for `backend = "redis"` (rediss:// for TLS)."""
+    redis_key_prefix: str = "pixelgate:ratelimit:"
+    """Prefix of every key the limiter writes."""
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    """A Redis call slower than this counts as a failure."""
+    on_backend_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """When the backend cannot answer: refuse calls (UNAVAILABLE), or let them through."""
+
+
+class CallerMatch(_Section):
+    """Which callers a policy rule applies to: exactly one condition."""
+
+    scope: str | None = None
+    """The token holds this scope."""
+    client_id: str | None = None
+    """The token's `client_id` equals this."""
+    subject: str | None = None
+    """The token's `sub` equals this."""
+    claim: str | None = None
+    """The token has this claim, ..."""
+    equals: str | None = None
+    """... with this string value."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CallerMatch:
+        conditions = (self.scope, self.client_id, self.subject, self.claim)
+        if sum(condition is not None for condition in conditions) != 1:
+            raise ValueError("a match names exactly one of scope, client_id, subject, claim")
+        if (self.claim is None) != (self.equals is None):
+            raise ValueError("claim and equals go together")
+        return self
+
+
+class CallerRule(_Section):
+    """Limits for the callers a rule matches; a limit left unset adds nothing."""
+
+    name: str = Field(min_length=1, max_length=64)
+    """Named in refusals, so a caller knows which policy applied."""
+    match: CallerMatch | None = None
+    """Unset = every caller (a catch-all belongs last)."""
+    max_pixels: int | None = Field(default=None, ge=64 * 64)
+    """Largest width x height."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Most denoising steps."""
+    max_images: int | None = Field(default=None, ge=1)
+    """Most images per request."""
+    models: tuple[str, ...] | None = None
+    """Model ids allowed; unset = all."""
+
+
+class PolicySettings(_Section):
+    """Per-caller limits: the first rule matching a caller applies; none = model bounds only."""
+
+    rules: tuple[CallerRule, ...] = ()
 
 
 class ModelSettings(_Section):
@@ -120,6 +272,8 @@ class ModelSettings(_Section):
     default_steps: int = Field(default=10, ge=1)
     max_steps: int = Field(default=100, ge=1)
     default_guidance_scale: float = Field(default=7.5, ge=0, le=30)
+    cost_factor: float = Field(default=1.0, gt=0)
+    """GPU cost of one step relative to a Stable Diffusion 1.5 step at the same size."""
 
     @model_validator(mode="after")
     def _bounds_are_consistent(self) -> ModelSettings:
@@ -145,6 +299,7 @@ class Settings(_Section):
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    policy: PolicySettings = PolicySettings()
     model: ModelSettings = ModelSettings()
     max_prompt_bytes: int = Field(default=1000, ge=1, le=16384)
     """Longest prompt (and negative prompt) in UTF-8 bytes."""
@@ -174,21 +329,36 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    located = [(tuple(str(p) for p in e["loc"]), e["type"], e["msg"]) for e in error.errors()]
+    problems = []
+    for loc, kind, message in located:
+        # An invalid item also empties its list; saying so as well is noise.
+        if kind == "too_short" and any(
+            other[: len(loc)] == loc and other != loc for other, _, _ in located
+        ):
+            continue
+        problems.append(f"{'.'.join(loc) or '(top level)'}: {message}")
+    return "; ".join(problems)
 
 
 __all__ = [
     "Algorithm",
     "AuthSettings",
+    "CallerMatch",
+    "CallerRule",
     "ConfigError",
     "IssuerSettings",
     "ModelSettings",
+    "PolicySettings",
+    "PublicKeyAlgorithm",
     "RateLimitSettings",
     "Settings",
     "TlsSettings",
+    "check_fetch_url",
+    "is_loopback_http",
     "load_settings",
 ]

@@ -11,17 +11,29 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import grpc
+from google.protobuf.message import Message
 
 
 class ServiceError(Exception):
-    """A failure the caller should see, with a status code and a safe message."""
+    """A failure the caller should see, with a status code and a safe message.
+
+    `details` are google.rpc error-detail messages (BadRequest, RetryInfo,
+    QuotaFailure) sent as rich status; `trailers` plain trailing metadata.
+    """
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, trailers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        trailers: Sequence[tuple[str, str]] = (),
+        details: Sequence[Message] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.trailers = tuple(trailers)
+        self.details = tuple(details)
 
 
 class InvalidArgument(ServiceError):
@@ -55,9 +67,15 @@ class ResourceExhausted(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """The server cannot take the call now (shutting down, model not loaded)."""
+    """The server cannot take the call now (shutting down, a dependency is down)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    """The call's deadline would pass before the work could finish."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 INTERNAL_MESSAGE = "internal error"
@@ -65,6 +83,7 @@ INTERNAL_MESSAGE = "internal error"
 
 __all__ = [
     "INTERNAL_MESSAGE",
+    "DeadlineExceeded",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",

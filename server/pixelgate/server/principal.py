@@ -7,15 +7,20 @@ asyncio equivalent of a per-call context: each call runs in its own task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
+from pixelgate.server.client_identity import ClientCertificate
 from pixelgate.server.errors import Unauthenticated
+from pixelgate.server.token_verifier import VerifiedToken
 
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: the token's claims that matter plus the TLS identity."""
+    """An authenticated caller: what its token says plus its certificate identity."""
 
     issuer: str
     subject: str
@@ -23,6 +28,21 @@ class Principal:
     client_id: str | None = None
     token_id: str | None = None
     certificate_identity: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Every claim of the token, read-only (policy rules match on them)."""
+
+    @classmethod
+    def of(cls, token: VerifiedToken, certificate: ClientCertificate | None) -> Principal:
+        """The principal a verified token presented over `certificate` speaks for."""
+        return cls(
+            issuer=token.issuer,
+            subject=token.subject,
+            scopes=token.scopes,
+            client_id=token.client_id,
+            token_id=token.token_id,
+            certificate_identity=certificate.identity if certificate else None,
+            claims=token.claims,
+        )
 
     @property
     def key(self) -> str:

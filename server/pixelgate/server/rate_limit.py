@@ -1,96 +1,193 @@
-"""Rate limiting: a token bucket per authenticated caller.
+"""Rate limits as token buckets, and where the buckets live.
 
-Keyed on the principal (issuer and subject from a verified token), never on
-anything the caller chooses freely, so one client cannot starve the others or
-the GPU by rotating request fields.
+A Limit is a bucket of `capacity` units refilled at `per_second`; taking
+`cost` units either succeeds or says how long until it would. Backends hold
+the buckets: in this process (the default), or in Redis so that replicas
+share one budget (`redis_rate_limit.py`). The Limiter in front of a backend
+decides what a backend failure means: refuse (fail closed, the default) or
+let the call through (fail open).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-import grpc.aio
+from pixelgate.server.errors import Unavailable
 
-from pixelgate.server.errors import ResourceExhausted
-from pixelgate.server.interception import CallGuard, MethodFilter
-from pixelgate.server.principal import current_principal
+log = logging.getLogger("pixelgate.ratelimit")
 
 Clock = Callable[[], float]
-"""Monotonic seconds."""
+"""Seconds, monotonic."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A token bucket: `capacity` units, refilled at `per_second` units a second."""
+
+    name: str
+    """Names the limit to callers ("requests", "gpu", "peer")."""
+    capacity: float
+    per_second: float
+
+    @property
+    def window_seconds(self) -> float:
+        """Time an empty bucket takes to fill: the window of `capacity` units."""
+        return self.capacity / self.per_second
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of taking from a bucket."""
+
+    allowed: bool
+    remaining: float
+    """Units left in the bucket after this decision."""
+    retry_after: float
+    """Seconds until the cost would fit (0 when allowed)."""
+    reset_after: float
+    """Seconds until the bucket is full again."""
+
+    @classmethod
+    def unknown(cls, limit: Limit) -> Decision:
+        """An allowed decision made without a backend (failing open)."""
+        return cls(allowed=True, remaining=limit.capacity, retry_after=0.0, reset_after=0.0)
+
+
+class BackendUnavailable(Exception):
+    """The rate-limit backend could not answer."""
+
+
+class RateLimitBackend(Protocol):
+    """Holds buckets by key; all operations are atomic per key."""
+
+    async def take(self, key: str, limit: Limit, cost: float) -> Decision:
+        """Takes `cost` units from `key`'s bucket if they are there."""
+        ...
+
+    async def give_back(self, key: str, limit: Limit, amount: float) -> None:
+        """Returns unused units to `key`'s bucket (never beyond its capacity)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Releases connections."""
+        ...
 
 
 @dataclass
-class TokenBucket:
-    """`capacity` tokens, refilled at `rate` tokens a second; a call takes `cost`."""
-
-    capacity: float
-    rate: float
+class _Bucket:
     tokens: float
     updated: float
 
-    def take(self, now: float, cost: float = 1.0) -> float:
-        """Takes `cost` tokens and returns 0, or returns the seconds until it could."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return 0.0
-        return (cost - self.tokens) / self.rate
+
+def refill(tokens: float, elapsed: float, limit: Limit) -> float:
+    """Tokens after `elapsed` seconds of refilling, capped at capacity."""
+    return min(limit.capacity, tokens + max(0.0, elapsed) * limit.per_second)
 
 
-class RateLimiter:
-    """Token buckets keyed by caller; bounded memory (least recently used are dropped)."""
+def decide(tokens: float, cost: float, limit: Limit) -> tuple[float, Decision]:
+    """Takes `cost` from `tokens` if it fits; returns the new level and the decision."""
+    if tokens >= cost:
+        left = tokens - cost
+        return left, Decision(True, left, 0.0, (limit.capacity - left) / limit.per_second)
+    wait = (cost - tokens) / limit.per_second
+    return tokens, Decision(False, tokens, wait, (limit.capacity - tokens) / limit.per_second)
 
-    def __init__(
-        self,
-        *,
-        requests_per_minute: float,
-        burst: int,
-        clock: Clock = time.monotonic,
-        max_callers: int = 100_000,
-    ) -> None:
-        self._rate = requests_per_minute / 60.0
-        self._burst = float(burst)
+
+class MemoryBackend:
+    """Buckets in this process: thread-safe, bounded (least recently used dropped)."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
-        self._max_callers = max_callers
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def acquire(self, key: str, cost: float = 1.0) -> float:
-        """0 if `key` may proceed now (and charges it), else seconds to wait."""
+    def take_now(self, key: str, limit: Limit, cost: float) -> Decision:
+        """take(), synchronously."""
         with self._lock:
-            now = self._clock()
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = TokenBucket(self._burst, self._rate, self._burst, now)
-                self._buckets[key] = bucket
-                if len(self._buckets) > self._max_callers:
-                    self._buckets.popitem(last=False)
-            self._buckets.move_to_end(key)
-            return bucket.take(now, cost)
+            bucket = self._bucket(key, limit)
+            bucket.tokens, decision = decide(bucket.tokens, cost, limit)
+            return decision
+
+    async def take(self, key: str, limit: Limit, cost: float) -> Decision:
+        return self.take_now(key, limit, cost)
+
+    async def give_back(self, key: str, limit: Limit, amount: float) -> None:
+        with self._lock:
+            bucket = self._bucket(key, limit)
+            bucket.tokens = min(limit.capacity, bucket.tokens + amount)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _bucket(self, key: str, limit: Limit) -> _Bucket:
+        now = self._clock()
+        slot = (limit.name, key)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = _Bucket(limit.capacity, now)
+            self._buckets[slot] = bucket
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            bucket.tokens = refill(bucket.tokens, now - bucket.updated, limit)
+            bucket.updated = now
+        self._buckets.move_to_end(slot)
+        return bucket
 
 
-class RateLimitInterceptor(CallGuard):
-    """Refuses calls over the caller's rate with RESOURCE_EXHAUSTED and `retry-after`."""
+class Limiter:
+    """Takes from buckets through a backend; a backend failure fails closed or open."""
 
-    def __init__(self, limiter: RateLimiter, applies_to: MethodFilter) -> None:
-        super().__init__(applies_to)
-        self._limiter = limiter
+    def __init__(self, backend: RateLimitBackend, *, fail_open: bool = False) -> None:
+        self.backend = backend
+        self._fail_open = fail_open
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        wait = self._limiter.acquire(current_principal().key)
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            raise ResourceExhausted(
-                f"rate limit exceeded; retry in {seconds} s",
-                trailers=(("retry-after", str(seconds)),),
-            )
+    async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
+        """The backend's decision; on backend failure, allowed (fail open) or UNAVAILABLE."""
+        try:
+            return await self.backend.take(key, limit, cost)
+        except BackendUnavailable as error:
+            return self._on_failure(limit, error)
+
+    async def give_back(self, key: str, limit: Limit, amount: float) -> None:
+        """Refunds `amount`; a backend failure only costs the caller the refund."""
+        if amount <= 0:
+            return
+        try:
+            await self.backend.give_back(key, limit, amount)
+        except BackendUnavailable as error:
+            log.warning("rate-limit refund lost: %s", error)
+
+    def _on_failure(self, limit: Limit, error: BackendUnavailable) -> Decision:
+        if self._fail_open:
+            log.warning("rate-limit backend failed, letting the call through: %s", error)
+            return Decision.unknown(limit)
+        log.warning("rate-limit backend failed, refusing the call: %s", error)
+        raise Unavailable("rate limiting is unavailable; retry shortly")
 
 
-__all__ = ["Clock", "RateLimitInterceptor", "RateLimiter", "TokenBucket"]
+def whole_seconds(seconds: float) -> int:
+    """Seconds rounded up, at least 1: what `retry-after` says."""
+    return max(1, math.ceil(seconds))
+
+
+__all__ = [
+    "BackendUnavailable",
+    "Clock",
+    "Decision",
+    "Limit",
+    "Limiter",
+    "MemoryBackend",
+    "RateLimitBackend",
+    "decide",
+    "refill",
+    "whole_seconds",
+]

@@ -1,4 +1,4 @@
-"""Mutual TLS: the server's credentials and the caller's certificate identity.
+"""Mutual TLS: the server's credentials.
 
 There is no plaintext port: the server only ever listens with these
 credentials, and the TLS handshake refuses any client without a certificate
@@ -7,13 +7,9 @@ that chains to the configured CA.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from pixelgate.server.config import TlsSettings
 
@@ -41,31 +37,4 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _identity_of(pem: bytes) -> str | None:
-    certificate = x509.load_pem_x509_certificate(pem)
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names = None
-    if names is not None:
-        uris = [u for u in names.get_values_for_type(x509.UniformResourceIdentifier)]
-        spiffe = [u for u in uris if u.startswith("spiffe://")]
-        if spiffe:
-            return spiffe[0]
-        dns = names.get_values_for_type(x509.DNSName)
-        if dns:
-            return dns[0]
-    common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(common_names[0].value) if common_names else None
-
-
-def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
-    """The peer's identity from its verified certificate: SPIFFE URI, else DNS SAN, else CN."""
-    pems = list(auth_context.get("x509_pem_cert", ()))
-    if not pems:
-        return None
-    return _identity_of(pems[0])
-
-
-__all__ = ["TlsConfigError", "certificate_identity", "server_credentials"]
+__all__ = ["TlsConfigError", "server_credentials"]

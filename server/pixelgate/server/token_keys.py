@@ -1,8 +1,9 @@
-"""Token verification keys: loaded from PEM files, named by JWK thumbprint.
+"""Token verification keys: from PEM files, JWKS documents or a shared secret.
 
 Each key is paired with the algorithms its type can verify, intersected with
 the issuer's allowlist, so a token's `alg` header can never pick an algorithm
 the key was not meant for (HS256 with a public key as the secret, say).
+Symmetric keys come only from a configured secret file, never from a JWKS.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -29,6 +33,9 @@ PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset(
 _EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _MIN_RSA_BITS = 2048
+MIN_HMAC_SECRET_BYTES = 32
+
+log = logging.getLogger("pixelgate.auth")
 
 
 class UnusableKeyError(ValueError):
@@ -88,7 +95,8 @@ class VerificationKey:
     """A public key, its `kid`, and the algorithms it may verify."""
 
     kid: str
-    key: PublicKey
+    key: PublicKey | bytes
+    """A public key, or the shared secret of an HS256 issuer."""
     algorithms: frozenset[str]
 
 
@@ -128,13 +136,88 @@ def load_public_key(path: Path) -> PublicKey:
     return key
 
 
+def hmac_key(secret: bytes) -> VerificationKey:
+    """An HS256 key from a shared secret of at least 32 bytes (RFC 7518 section 3.2)."""
+    if len(secret) < MIN_HMAC_SECRET_BYTES:
+        raise UnusableKeyError(
+            f"an HS256 secret needs at least {MIN_HMAC_SECRET_BYTES} bytes (got {len(secret)})"
+        )
+    members = json.dumps({"k": _b64url(secret), "kty": "oct"}, separators=(",", ":"))
+    kid = _b64url(hashlib.sha256(members.encode("ascii")).digest())
+    return VerificationKey(kid=kid, key=secret, algorithms=frozenset({"HS256"}))
+
+
+def load_hmac_secret(path: Path) -> VerificationKey:
+    """Reads an HS256 secret file (raw bytes; one trailing newline is ignored)."""
+    try:
+        secret = path.read_bytes()
+    except OSError as exc:
+        raise UnusableKeyError(f"cannot read HMAC secret {path}: {exc.strerror}") from None
+    return hmac_key(secret.removesuffix(b"\n"))
+
+
+def keys_from_jwks(
+    document: Mapping[str, Any], allowed_algorithms: Collection[str]
+) -> dict[str, VerificationKey]:
+    """The usable signature keys of a JWKS, by `kid` (thumbprint when it has none).
+
+    Symmetric (`oct`) keys, encryption keys and keys no allowed algorithm fits
+    are skipped: a JWKS can only ever add public keys.
+    """
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise UnusableKeyError("JWKS has no 'keys' list")
+    keys: dict[str, VerificationKey] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") == "oct":
+            continue
+        if entry.get("use", "sig") != "sig":
+            continue
+        try:
+            parsed = jwt.PyJWK(entry).key
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+            log.warning("skipping a JWKS entry that is not a usable key (kid %r)", entry.get("kid"))
+            continue
+        if not isinstance(parsed, PublicKey):
+            continue  # a private key published by mistake is not trusted either
+        allowed = set(allowed_algorithms)
+        if isinstance(entry.get("alg"), str):
+            allowed &= {entry["alg"]}
+        try:
+            key = verification_key(parsed, allowed)
+        except UnusableKeyError:
+            continue
+        declared_kid = entry.get("kid")
+        kid = declared_kid if isinstance(declared_kid, str) else key.kid
+        keys[kid] = VerificationKey(kid=kid, key=key.key, algorithms=key.algorithms)
+    return keys
+
+
+def load_jwks_file(path: Path, allowed_algorithms: Collection[str]) -> dict[str, VerificationKey]:
+    """Reads a JWKS document from disk."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UnusableKeyError(f"cannot read JWKS file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise UnusableKeyError(f"{path} is not a JSON JWKS document") from None
+    if not isinstance(document, dict):
+        raise UnusableKeyError(f"{path} is not a JWKS document")
+    return keys_from_jwks(document, allowed_algorithms)
+
+
 __all__ = [
+    "MIN_HMAC_SECRET_BYTES",
     "PUBLIC_KEY_ALGORITHMS",
     "PublicKey",
     "UnusableKeyError",
     "VerificationKey",
     "algorithms_for",
+    "hmac_key",
     "key_id",
+    "keys_from_jwks",
+    "load_hmac_secret",
+    "load_jwks_file",
     "load_public_key",
     "verification_key",
 ]

@@ -1,0 +1,70 @@
+"""What one call did, collected while it runs, for the audit line and quota metadata.
+
+The audit interceptor opens a record per call; the pieces the call passes
+through add to it (the rate limits it drew on, the GPU cost charged, the
+image parameters, digests). Like the principal, it lives in a context
+variable: each call runs in its own task.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc.aio
+
+from pixelgate.server.rate_limit import Decision, Limit
+from pixelgate.server.rate_limit_fields import quota_metadata
+
+
+@dataclass
+class CallRecord:
+    """One call's facts, as they become known."""
+
+    method: str
+    peer: str
+    started: float = field(default_factory=time.perf_counter)
+    quota: list[tuple[Limit, Decision]] = field(default_factory=list)
+    """Limits drawn on and their decisions, for the `ratelimit` metadata."""
+    cost_charged: float = 0.0
+    """GPU cost units charged, after any refund."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Validated image parameters (no prompt)."""
+    prompt_sha256: str | None = None
+    image_sha256s: list[str] = field(default_factory=list)
+    initial_metadata_sent: bool = False
+
+
+_current: ContextVar[CallRecord | None] = ContextVar("pixelgate_call_record", default=None)
+
+
+def open_record(method: str, peer: str) -> CallRecord:
+    """Starts the current call's record."""
+    record = CallRecord(method=method, peer=peer)
+    _current.set(record)
+    return record
+
+
+def current_record() -> CallRecord:
+    """The current call's record (a detached one outside any call, e.g. in unit tests)."""
+    record = _current.get()
+    if record is None:
+        record = CallRecord(method="", peer="")
+        _current.set(record)
+    return record
+
+
+async def send_quota_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Sends the remaining quota as initial metadata, once, before the first response."""
+    record = current_record()
+    if record.initial_metadata_sent:
+        return
+    record.initial_metadata_sent = True
+    metadata = quota_metadata(record.quota)
+    if metadata:
+        await context.send_initial_metadata(metadata)
+
+
+__all__ = ["CallRecord", "current_record", "open_record", "send_quota_metadata"]

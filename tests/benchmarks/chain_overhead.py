@@ -1,0 +1,166 @@
+"""Benchmark: the full security chain on a trivial RPC vs the same server bare.
+
+Two server processes run side by side from one configuration: one with the
+whole interceptor chain (authentication, authorization, rate limiting, error
+mapping, audit), one with no interceptors; both serve mutual TLS. Sixteen
+concurrent callers (grpc.aio, one process) call ListModels on each in
+alternating rounds. Prints p50 latency and throughput ratios (full / bare).
+
+    .venv/bin/python tests/benchmarks/chain_overhead.py [--callers 16] [--seconds 3] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
+from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
+from pixelgate.dev.tokens import load_signing_key, mint_access_token
+from pixelgate.v1 import image_service_pb2 as pb
+from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
+
+
+def _config(directory: Path, files: DevPkiFiles, cache: Path) -> Path:
+    config = directory / "bench.toml"
+    config.write_text(
+        f"""
+host = "127.0.0.1"
+port = 0
+cache_dir = "{cache}"
+[tls]
+cert_file = "{files.server_cert}"
+key_file = "{files.server_key}"
+client_ca_file = "{files.ca_cert}"
+[rate_limit]
+requests_per_minute = 100000000
+burst = 100000000
+[[auth.issuers]]
+issuer = "{DEV_ISSUER}"
+audiences = ["{DEV_AUDIENCE}"]
+public_key_files = ["{files.verification_key}"]
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+async def _serve(config: Path, with_chain: bool) -> None:
+    import logging
+
+    from pixelgate.server.app import start_server
+    from pixelgate.server.config import load_settings
+
+    logging.basicConfig(level=logging.WARNING)
+    running = await start_server(load_settings(config), interceptors=with_chain)
+    print(f"port {running.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def _start(config: Path, with_chain: bool) -> tuple[subprocess.Popen[str], int]:
+    mode = "full" if with_chain else "bare"
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("port "):
+            return process, int(line.split()[1])
+    raise RuntimeError(f"{mode} server exited before serving")
+
+
+async def _round(
+    target: str, credentials: grpc.ChannelCredentials, callers: int, seconds: float
+) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    async with grpc.aio.secure_channel(target, credentials) as channel:
+        stub = pb_grpc.ImageServiceStub(channel)
+        await stub.ListModels(pb.ListModelsRequest())  # connect before timing
+        stop = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                await stub.ListModels(pb.ListModelsRequest())
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - started
+    return latencies, len(latencies) / elapsed
+
+
+async def _measure(args: argparse.Namespace, files: DevPkiFiles, ports: dict[str, int]) -> None:
+    token = mint_access_token(
+        load_signing_key(files.signing_key), subject="bench", lifetime_seconds=3600
+    )
+    tls = grpc.ssl_channel_credentials(
+        files.ca_cert.read_bytes(), files.client_key.read_bytes(), files.client_cert.read_bytes()
+    )
+    credentials = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+    results: dict[str, tuple[list[float], list[float]]] = {"bare": ([], []), "full": ([], [])}
+    for name in ("bare", "full"):  # warm-up round, not counted
+        await _round(f"127.0.0.1:{ports[name]}", credentials, args.callers, 1.0)
+    for _ in range(args.rounds):
+        for name in ("bare", "full"):
+            latencies, throughput = await _round(
+                f"127.0.0.1:{ports[name]}", credentials, args.callers, args.seconds
+            )
+            results[name][0].extend(latencies)
+            results[name][1].append(throughput)
+    bare_p50 = statistics.median(results["bare"][0])
+    full_p50 = statistics.median(results["full"][0])
+    bare_rps = statistics.median(results["bare"][1])
+    full_rps = statistics.median(results["full"][1])
+    print(
+        f"ListModels, {args.callers} concurrent callers, {args.rounds} alternating rounds of "
+        f"{args.seconds:g} s, mTLS on both"
+    )
+    print(f"  bare server: p50 {bare_p50 * 1000:.2f} ms, {bare_rps:.0f} calls/s (baseline)")
+    print(f"  full chain / bare: p50 latency ratio {full_p50 / bare_p50:.3f}")
+    print(f"  full chain / bare: throughput ratio {full_rps / bare_rps:.3f}")
+
+
+def main() -> None:
+    """Starts both servers, measures, prints ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--serve", choices=["full", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.config, args.serve == "full"))
+        return
+
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        files = write_dev_pki(directory / "pki")
+        config = _config(directory, files, directory / "cache")
+        processes: list[subprocess.Popen[str]] = []
+        try:
+            ports = {}
+            for name in ("full", "bare"):
+                process, ports[name] = _start(config, with_chain=name == "full")
+                processes.append(process)
+            asyncio.run(_measure(args, files, ports))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
