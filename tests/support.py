@@ -18,8 +18,21 @@ from pixelgate.server.models import LoadedModel
 T = TypeVar("T")
 
 
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: loopback, port 0, the test PKI, generous rate limits."""
+    """Settings for a test server: loopback, port 0, the test PKI, generous rate limits.
+
+    Overrides merge into sections: `rate_limit={"burst": 2}` keeps the other limits.
+    """
     base: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -48,8 +61,7 @@ def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Setting
         },
         "cache_dir": cache_dir,
     }
-    base.update(overrides)
-    return load_settings(None, **base)
+    return load_settings(None, **_merge(base, overrides))
 
 
 class EventLoopThread:

@@ -23,6 +23,7 @@ from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.dev.tokens import SigningKey, generate_signing_key, mint_access_token
 from pixelgate.server.errors import Unauthenticated
+from pixelgate.server.key_sources import StaticKeys
 from pixelgate.server.token_keys import (
     UnusableKeyError,
     VerificationKey,
@@ -30,7 +31,6 @@ from pixelgate.server.token_keys import (
     load_public_key,
     verification_key,
 )
-from pixelgate.server.key_sources import StaticKeys
 from pixelgate.server.token_verifier import (
     MAX_TOKEN_BYTES,
     TokenVerifier,

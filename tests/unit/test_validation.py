@@ -211,8 +211,26 @@ def test_control_characters_refused(
 ) -> None:
     """Control characters in the prompt are refused, naming the code point."""
     description = _only_violation(validator, "prompt", prompt=prompt)
-    assert "control characters" in description
+    assert "control or bidi-override characters" in description
     assert codepoint in description
+
+
+@pytest.mark.parametrize("codepoint", [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2069])
+def test_bidi_override_characters_refused(validator: RequestValidator, codepoint: int) -> None:
+    """Bidi embeddings, overrides and isolates (Trojan Source) are refused, naming the code point."""
+    description = _only_violation(validator, "prompt", prompt=f"a {chr(codepoint)}fox")
+    assert f"U+{codepoint:04X}" in description
+
+
+def test_violations_travel_as_bad_request_details(validator: RequestValidator) -> None:
+    """Every violation is also a google.rpc.BadRequest field violation, for programs."""
+    with pytest.raises(RequestInvalid) as caught:
+        validator.validate(_request(prompt="", width=100))
+    [bad_request] = caught.value.details
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        (v.field, v.description) for v in caught.value.violations
+    ]
+    assert {v.field for v in bad_request.field_violations} == {"prompt", "width"}
 
 
 def test_negative_prompt_has_same_bounds(validator: RequestValidator) -> None:
@@ -367,7 +385,7 @@ def test_all_violations_reported_together(validator: RequestValidator) -> None:
     ]
     for expected in (
         "prompt is required",
-        "negative_prompt must not contain control characters",
+        "negative_prompt must not contain control or bidi-override characters",
         "width must be a multiple of 8 from 64 to 512 (got 100)",
         "height must be a multiple of 8 from 64 to 256 (got 1000)",
         "steps must be from 1 to 50 (got 99)",

@@ -6,7 +6,7 @@ with PixelgateClient("127.0.0.1:50051", ca_file=..., cert_file=..., key_file=...
     Path("fox.png").write_bytes(image.data)
 """
 
-from pixelgate.client.client import OUTPUT_FORMATS, PixelgateClient
+from pixelgate.client.client import OUTPUT_FORMATS, PixelgateClient, RetryPolicy
 from pixelgate.client.credentials import TokenSource
 from pixelgate.client.errors import (
     DeadlineExceeded,
@@ -33,6 +33,7 @@ __all__ = [
     "PixelgateClient",
     "PixelgateError",
     "RateLimited",
+    "RetryPolicy",
     "ServerError",
     "TokenSource",
     "Unauthenticated",

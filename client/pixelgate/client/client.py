@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pixelgate.client.credentials import TokenSource, channel_credentials
-from pixelgate.client.errors import error_from_rpc
+from pixelgate.client.errors import RateLimited, error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
@@ -24,6 +27,27 @@ OUTPUT_FORMATS = {
 """Output format names the client accepts."""
 
 Event = pb.Progress | GeneratedImage
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry calls refused with RESOURCE_EXHAUSTED, waiting as long as the server says.
+
+    Only refusals that name a delay are retried, at most `max_attempts` tries
+    in all, and never when the delay exceeds `max_delay` seconds. A generation
+    is retried only if the refusal came before its first event.
+    """
+
+    max_attempts: int = 3
+    max_delay: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, error: RateLimited, attempt: int) -> float | None:
+        """Seconds to wait before trying again, or None to give up."""
+        if attempt >= self.max_attempts or error.retry_after is None:
+            return None
+        return error.retry_after if error.retry_after <= self.max_delay else None
 
 
 class PixelgateClient:
@@ -38,6 +62,7 @@ class PixelgateClient:
         key_file: Path,
         token: TokenSource | None = None,
         server_name: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         credentials = channel_credentials(
@@ -46,6 +71,7 @@ class PixelgateClient:
         self._channel = grpc.secure_channel(target, credentials, options=options)
         self._images = pb_grpc.ImageServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._retry = retry
 
     def stream(
         self,
@@ -66,7 +92,9 @@ class PixelgateClient:
 
         Raises a PixelgateError subclass on failure, IncompleteImage if the
         stream ends with an image missing or corrupt. Stopping iteration early
-        cancels the call, and with it the server's work.
+        cancels the call, and with it the server's work. With a RetryPolicy, a
+        rate-limit refusal before the first event is retried after the delay
+        the server asks for.
         """
         request = pb.GenerateImageRequest(
             prompt=prompt,
@@ -82,6 +110,24 @@ class PixelgateClient:
             request.guidance_scale = guidance_scale
         if seed is not None:
             request.seed = seed
+        attempt = 1
+        while True:
+            started = False
+            try:
+                for event in self._stream_once(request, num_images or 1, timeout):
+                    started = True
+                    yield event
+                return
+            except RateLimited as error:
+                wait = None if started or self._retry is None else self._retry.delay(error, attempt)
+                if wait is None:
+                    raise
+                self._retry.sleep(wait)  # type: ignore[union-attr]
+                attempt += 1
+
+    def _stream_once(
+        self, request: pb.GenerateImageRequest, num_images: int, timeout: float | None
+    ) -> Iterator[Event]:
         call = self._images.GenerateImage(request, timeout=timeout)
         assembler = ImageAssembler()
         try:
@@ -93,7 +139,7 @@ class PixelgateClient:
                     assembler.add_chunk(response.chunk)
                 elif kind == "complete":
                     yield assembler.complete(response.complete)
-            assembler.finish(num_images or 1)
+            assembler.finish(num_images)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         finally:
@@ -117,10 +163,23 @@ class PixelgateClient:
 
     def list_models(self, *, timeout: float | None = 10) -> list[pb.ModelInfo]:
         """The models the server offers, with their bounds."""
-        try:
-            return list(self._images.ListModels(pb.ListModelsRequest(), timeout=timeout).models)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        request = pb.ListModelsRequest()
+        return self._unary(lambda: list(self._images.ListModels(request, timeout=timeout).models))
+
+    def _unary(self, call: Callable[[], T]) -> T:
+        attempt = 1
+        while True:
+            try:
+                try:
+                    return call()
+                except grpc.RpcError as error:
+                    raise error_from_rpc(error) from None
+            except RateLimited as error:
+                wait = self._retry.delay(error, attempt) if self._retry else None
+                if wait is None:
+                    raise
+                self._retry.sleep(wait)  # type: ignore[union-attr]
+                attempt += 1
 
     def health(self, service: str = "", *, timeout: float | None = 10) -> str:
         """The serving status of `service` ("" = the whole server), e.g. "SERVING"."""
@@ -148,4 +207,4 @@ class PixelgateClient:
         self.close()
 
 
-__all__ = ["OUTPUT_FORMATS", "Event", "PixelgateClient"]
+__all__ = ["OUTPUT_FORMATS", "Event", "PixelgateClient", "RetryPolicy"]

@@ -1,7 +1,10 @@
 """Typed errors: one exception class per status a caller can get.
 
 Catch `PixelgateError` for all of them, or a subclass for one case:
-`RateLimited.retry_after` says when to come back.
+`RateLimited.retry_after` says when to come back, `InvalidArgument.violations`
+lists every bad field. Both come from the server's rich status details
+(google.rpc.RetryInfo, google.rpc.BadRequest), with the `retry-after` trailer
+as a fallback.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import cast
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 
 class PixelgateError(Exception):
@@ -29,7 +33,13 @@ class PermissionDenied(PixelgateError):
 
 
 class InvalidArgument(PixelgateError):
-    """A request field was out of bounds; `details` names it."""
+    """Request fields were out of bounds; `violations` holds (field, description) pairs."""
+
+    def __init__(
+        self, code: grpc.StatusCode | None, details: str, violations: list[tuple[str, str]]
+    ) -> None:
+        super().__init__(code, details)
+        self.violations = violations
 
 
 class NotFound(PixelgateError):
@@ -68,21 +78,51 @@ class IncompleteImage(PixelgateError):
 _BY_CODE: dict[grpc.StatusCode, type[PixelgateError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
 
-def _retry_after(call: grpc.Call) -> float | None:
+def _trailer(call: grpc.Call, name: str) -> str | bytes | None:
     for key, value in call.trailing_metadata() or ():
-        if key == "retry-after":
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
+        if key == name:
+            return value
     return None
+
+
+def _status_details(call: grpc.Call) -> list[object]:
+    raw = _trailer(call, "grpc-status-details-bin")
+    if not isinstance(raw, bytes):
+        return []
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except ValueError:
+        return []
+    found: list[object] = []
+    for packed in status.details:
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.QuotaFailure,
+        ):
+            if packed.Is(kind.DESCRIPTOR):
+                message = kind()
+                packed.Unpack(message)
+                found.append(message)
+    return found
+
+
+def _retry_after(call: grpc.Call, details: list[object]) -> float | None:
+    for detail in details:
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            delay = detail.retry_delay
+            return float(delay.seconds + delay.nanos / 1e9)
+    value = _trailer(call, "retry-after")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def error_from_rpc(error: grpc.RpcError) -> PixelgateError:
@@ -90,10 +130,19 @@ def error_from_rpc(error: grpc.RpcError) -> PixelgateError:
     # The RpcErrors that calls raise are also grpc.Call objects, with status.
     call = cast(grpc.Call, error)
     code = call.code()
-    details = call.details() or str(error)
+    message = call.details() or str(error)
+    details = _status_details(call)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RateLimited(code, details, _retry_after(call))
-    return _BY_CODE.get(code, ServerError)(code, details)
+        return RateLimited(code, message, _retry_after(call, details))
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        violations = [
+            (violation.field, violation.description)
+            for detail in details
+            if isinstance(detail, error_details_pb2.BadRequest)
+            for violation in detail.field_violations
+        ]
+        return InvalidArgument(code, message, violations)
+    return _BY_CODE.get(code, ServerError)(code, message)
 
 
 __all__ = [

@@ -1,9 +1,11 @@
 """Request validation: every GenerateImage field checked, normalized, defaulted.
 
 All violations are collected, so a caller fixes a request in one round trip;
-each names the field and the bound. Prompts are NFC-normalized and refused if
-they hold control characters or exceed the byte or token bound. Nothing here
-echoes a prompt back.
+each names the field and the bound, in the message and as google.rpc.BadRequest
+field violations. Prompts are NFC-normalized and refused if they hold control
+or bidirectional-override characters (which can make logged or displayed text
+read differently from what the model sees), or exceed the byte or token
+bound. Nothing here echoes a prompt back.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from google.rpc import error_details_pb2
 
 from pixelgate.server.encoding import ImageFormat
 from pixelgate.server.errors import InvalidArgument, NotFound
@@ -53,7 +57,13 @@ class RequestInvalid(InvalidArgument):
     """INVALID_ARGUMENT carrying every violation found."""
 
     def __init__(self, violations: list[FieldViolation]) -> None:
-        super().__init__("; ".join(v.description for v in violations))
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in violations
+            ]
+        )
+        super().__init__("; ".join(v.description for v in violations), details=[bad_request])
         self.violations = tuple(violations)
 
 
@@ -162,12 +172,13 @@ class RequestValidator:
                 )
             )
             return text
-        control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+        control = next((c for c in text if _is_forbidden(c)), None)
         if control is not None:
             violations.append(
                 FieldViolation(
                     field,
-                    f"{field} must not contain control characters (found U+{ord(control):04X})",
+                    f"{field} must not contain control or bidi-override characters"
+                    f" (found U+{ord(control):04X})",
                 )
             )
             return text
@@ -182,6 +193,14 @@ class RequestValidator:
                     )
                 )
         return text
+
+
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+"""Embeddings, overrides and isolates (LRE..RLO, LRI..PDI): the "Trojan Source" characters."""
+
+
+def _is_forbidden(character: str) -> bool:
+    return unicodedata.category(character) == "Cc" or character in _BIDI_CONTROLS
 
 
 def _size(
