@@ -1,8 +1,10 @@
 """`pixelgate`: the command-line client, plus development PKI and token helpers.
 
 Connection settings come from flags or PIXELGATE_* environment variables and
-default to the development PKI under certs/dev. On failure it prints one line
-(`pixelgate: STATUS: message`) and exits 1.
+default to the development PKI under certs/dev. The access token comes from
+PIXELGATE_TOKEN, a token file, or an OAuth 2.0 token endpoint (client
+credentials; the secret from a file, never from the command line). On failure
+it prints one line (`pixelgate: STATUS: message`) and exits 1.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pixelgate.client.client import PixelgateClient
+from pixelgate.client.client import PixelgateClient, RetryPolicy
+from pixelgate.client.credentials import TokenSource
 from pixelgate.client.errors import PixelgateError
 from pixelgate.client.images import GeneratedImage
+from pixelgate.client.oauth import ClientCredentials
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 
 EXIT_FAILURE = 1
@@ -48,6 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds before the call is abandoned"
+    )
+    oauth = parser.add_argument_group("OAuth 2.0 client credentials (instead of a token)")
+    oauth.add_argument("--oauth-token-url", default=_env("OAUTH_TOKEN_URL"))
+    oauth.add_argument("--client-id", default=_env("CLIENT_ID"))
+    oauth.add_argument(
+        "--client-secret-file",
+        type=Path,
+        default=_env("CLIENT_SECRET_FILE"),
+        help="file holding the client secret",
+    )
+    oauth.add_argument(
+        "--oauth-scope", action="append", help="repeatable (default: PIXELGATE_OAUTH_SCOPES)"
+    )
+    oauth.add_argument("--oauth-audience", default=_env("OAUTH_AUDIENCE"))
+    oauth.add_argument("--oauth-resource", default=_env("OAUTH_RESOURCE"))
+    oauth.add_argument(
+        "--oauth-auth-method",
+        choices=["client_secret_basic", "client_secret_post"],
+        default=_env("OAUTH_AUTH_METHOD", "client_secret_basic"),
+    )
+    parser.add_argument(
+        "--retries", type=int, default=0, help="retry a rate-limited call up to N times"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -87,7 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _token(args: argparse.Namespace) -> str | Path | None:
+def _token(args: argparse.Namespace) -> TokenSource | None:
+    if args.oauth_token_url:
+        if not args.client_id or args.client_secret_file is None:
+            raise ValueError("--oauth-token-url needs --client-id and --client-secret-file")
+        secret = Path(args.client_secret_file).read_text(encoding="utf-8").strip()
+        scopes = args.oauth_scope or (_env("OAUTH_SCOPES") or "").split()
+        return ClientCredentials(
+            args.oauth_token_url,
+            args.client_id,
+            secret,
+            scopes=scopes,
+            audience=args.oauth_audience,
+            resource=args.oauth_resource,
+            auth_method=args.oauth_auth_method,
+        )
     if args.token_file is not None:
         return Path(args.token_file)
     return _env("TOKEN") or None  # an empty variable means no token, not an empty one
@@ -189,12 +229,14 @@ def _call_server(args: argparse.Namespace) -> int:
             key_file=args.key,
             token=_token(args),
             server_name=args.server_name,
+            retry=RetryPolicy(max_attempts=args.retries + 1) if args.retries > 0 else None,
         )
     except OSError as error:
-        print(
-            f"pixelgate: cannot read TLS file {error.filename}: {error.strerror}", file=sys.stderr
-        )
+        print(f"pixelgate: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILURE
+    except ValueError as error:
+        print(f"pixelgate: {error}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with client:
             if args.command == "generate":
