@@ -1,8 +1,9 @@
 """Benchmark: the full security chain on a trivial RPC vs the same server bare.
 
 Two server processes run side by side from one configuration: one with the
-whole interceptor chain (authentication, authorization, rate limiting, error
-mapping, audit), one with no interceptors; both serve mutual TLS. Sixteen
+whole interceptor chain (audit line per call, error mapping, per-peer and
+per-caller rate limits, token authentication, scope authorization), one with
+no interceptors; both serve mutual TLS. Sixteen
 concurrent callers (grpc.aio, one process) call ListModels on each in
 alternating rounds. Prints p50 latency and throughput ratios (full / bare).
 
@@ -44,6 +45,8 @@ client_ca_file = "{files.ca_cert}"
 [rate_limit]
 requests_per_minute = 100000000
 burst = 100000000
+peer_requests_per_minute = 100000000
+peer_burst = 100000000
 [[auth.issuers]]
 issuer = "{DEV_ISSUER}"
 audiences = ["{DEV_AUDIENCE}"]
@@ -60,7 +63,8 @@ async def _serve(config: Path, with_chain: bool) -> None:
     from pixelgate.server.app import start_server
     from pixelgate.server.config import load_settings
 
-    logging.basicConfig(level=logging.WARNING)
+    # As deployed: the audit line of every call is written (here to a file).
+    logging.basicConfig(level=logging.INFO, filename=str(config.with_suffix(".log")))
     running = await start_server(load_settings(config), interceptors=with_chain)
     print(f"port {running.port}", flush=True)
     await asyncio.Event().wait()

@@ -1,13 +1,11 @@
 """The composition root: the one place that knows every piece and wires them.
 
-The interceptor chain's order is written here once. Outermost first:
-
-1. audit log (sees every call's final status),
-2. error mapping (exceptions to statuses, nothing internal leaks),
-3. per-peer rate limit (bounds unauthenticated floods),
-4. authentication (client certificate identity, bearer token, binding),
-5. authorization (scopes declared in the proto),
-6. per-caller rate limit,
+The interceptor chain's order is written here once. Outermost first, the
+wrappers: audit log (sees every call's final status), error mapping
+(exceptions to statuses, nothing internal leaks); then the guards, in order:
+per-peer rate limit (bounds unauthenticated floods), authentication (client
+certificate identity, bearer token, binding), authorization (scopes declared
+in the proto), per-caller rate limit;
 
 then the servicer, which validates, applies per-caller policy and GPU quota,
 and runs the engine. Health and reflection need mutual TLS (the transport
@@ -26,22 +24,22 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from pixelgate.server.audit_log import AuditLogInterceptor
-from pixelgate.server.authentication import AuthenticationInterceptor
-from pixelgate.server.authorization import AuthorizationInterceptor, ScopePolicy
+from pixelgate.server.audit_log import AuditLog
+from pixelgate.server.authentication import TokenAuthentication
+from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
 from pixelgate.server.caller_policy import CallerPolicy
 from pixelgate.server.client_identity import BindingPolicy
 from pixelgate.server.config import AuthSettings, ConfigError, RateLimitSettings, Settings
 from pixelgate.server.engine import GenerationEngine
-from pixelgate.server.error_interceptor import ErrorInterceptor
+from pixelgate.server.error_mapping import ErrorMapping
 from pixelgate.server.gpu_quota import CostModel, GpuQuota
-from pixelgate.server.interception import every_method
+from pixelgate.server.interception import InterceptorChain, every_method
 from pixelgate.server.key_sources import key_source
 from pixelgate.server.models import LoadedModel, load_model
 from pixelgate.server.rate_limit import Limit, Limiter, MemoryBackend, RateLimitBackend
-from pixelgate.server.rate_limit_interceptors import (
-    CallerRateLimitInterceptor,
-    PeerRateLimitInterceptor,
+from pixelgate.server.rate_limit_guards import (
+    CallerRateLimit,
+    PeerRateLimit,
 )
 from pixelgate.server.redis_rate_limit import RedisBackend
 from pixelgate.server.reflection import DocumentedReflectionServicer, documented_files
@@ -156,34 +154,33 @@ async def start_server(
 
     engine = GenerationEngine(models, max_queued_jobs=settings.max_queued_jobs)
     auth = settings.auth
-    chain = [
-        AuditLogInterceptor(),
-        ErrorInterceptor(),
-        PeerRateLimitInterceptor(
-            limiter,
-            _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
-            applies_to=every_method,
-        ),
-        AuthenticationInterceptor(
-            verifier,
-            BindingPolicy(
-                require_bound_tokens=auth.require_bound_tokens,
-                certificate_must_match=auth.certificate_must_match,
-                allowed_identities=auth.allowed_client_identities,
+    chain = InterceptorChain(
+        wrappers=[AuditLog(), ErrorMapping()],
+        guards=[
+            PeerRateLimit(
+                limiter,
+                _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
+                applies_to=every_method,
             ),
-            applies_to=needs_token,
-        ),
-        AuthorizationInterceptor(
-            ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token
-        ),
-        CallerRateLimitInterceptor(
-            limiter,
-            _per_minute("requests", limits.burst, limits.requests_per_minute),
-            applies_to=needs_token,
-        ),
-    ]
+            TokenAuthentication(
+                verifier,
+                BindingPolicy(
+                    require_bound_tokens=auth.require_bound_tokens,
+                    certificate_must_match=auth.certificate_must_match,
+                    allowed_identities=auth.allowed_client_identities,
+                ),
+                applies_to=needs_token,
+            ),
+            ScopeAuthorization(ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token),
+            CallerRateLimit(
+                limiter,
+                _per_minute("requests", limits.burst, limits.requests_per_minute),
+                applies_to=needs_token,
+            ),
+        ],
+    )
     server = grpc.aio.server(
-        interceptors=chain if interceptors else [],
+        interceptors=[chain] if interceptors else [],
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 
 from pixelgate.server.call_record import CallRecord, open_record
-from pixelgate.server.interception import CallInterceptor
+from pixelgate.server.interception import CallWrapper
 from pixelgate.server.principal import Principal, maybe_current_principal
 
 log = logging.getLogger("pixelgate.audit")
@@ -51,7 +51,7 @@ def audit_entry(record: CallRecord, status: str, principal: Principal | None) ->
     }
 
 
-class AuditLogInterceptor(CallInterceptor):
+class AuditLog(CallWrapper):
     """Writes the audit line of every call it wraps (outermost, to see the final status)."""
 
     @asynccontextmanager
@@ -75,4 +75,4 @@ class AuditLogInterceptor(CallInterceptor):
                 log.info(json.dumps(entry, separators=(",", ":")))
 
 
-__all__ = ["AuditLogInterceptor", "audit_entry"]
+__all__ = ["AuditLog", "audit_entry"]

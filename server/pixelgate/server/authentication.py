@@ -36,7 +36,7 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return token.strip()
 
 
-class AuthenticationInterceptor(CallGuard):
+class TokenAuthentication(CallGuard):
     """Refuses calls without a valid access token and binds the caller's Principal."""
 
     def __init__(
@@ -54,4 +54,4 @@ class AuthenticationInterceptor(CallGuard):
         bind_principal(Principal.of(token, certificate))
 
 
-__all__ = ["AuthenticationInterceptor", "bearer_token"]
+__all__ = ["TokenAuthentication", "bearer_token"]

@@ -65,7 +65,7 @@ class ScopePolicy:
             raise PermissionDenied(f"access token lacks scope {' '.join(missing)}")
 
 
-class AuthorizationInterceptor(CallGuard):
+class ScopeAuthorization(CallGuard):
     """Refuses calls whose principal lacks the scopes the method needs."""
 
     def __init__(self, policy: ScopePolicy, applies_to: MethodFilter) -> None:
@@ -76,4 +76,4 @@ class AuthorizationInterceptor(CallGuard):
         self._policy.check(method, current_principal())
 
 
-__all__ = ["AuthorizationInterceptor", "ScopePolicy", "declared_scopes"]
+__all__ = ["ScopeAuthorization", "ScopePolicy", "declared_scopes"]

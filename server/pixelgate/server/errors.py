@@ -1,6 +1,6 @@
 """Domain errors and the one table that turns them into gRPC statuses.
 
-Pieces raise these; the error interceptor (`error_interceptor.py`) is the only code
+Pieces raise these; the error interceptor (`error_mapping.py`) is the only code
 that aborts calls. Messages are written for callers: they name the field or
 limit involved and never carry tokens, keys, prompts or exception text.
 """

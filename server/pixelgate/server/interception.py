@@ -1,17 +1,18 @@
-"""The base every pixelgate interceptor builds on.
+"""The interceptor chain and the two kinds of step it runs.
 
-An interceptor acts *around* a call: it rebuilds the method handler with the
-same request/response shape (unary or streaming on either side), so a server
-stream keeps streaming through it and a check can refuse a call before the
-handler's first message. Subclasses override one method.
+The chain rebuilds each method handler with the same request/response shape
+(unary or streaming on either side), so a server stream keeps streaming
+through it and a guard can refuse a call before the handler's first message.
+A step is a CallWrapper (runs around the whole call and sees how it ends) or
+a CallGuard (admits or refuses before the handler); each overrides one method.
 """
 
 from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -98,11 +99,40 @@ def wrap_handler(
     )
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):  # type: ignore[type-arg]
-    """Runs `around(method, context)` around every call of the methods it applies to."""
+class CallWrapper(abc.ABC):
+    """A step that wraps the whole call (audit, error mapping): it sees how the call ends."""
+
+    @abc.abstractmethod
+    def around(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AbstractAsyncContextManager[None]:
+        """The context a call of `method` runs in."""
+
+
+class CallGuard(abc.ABC):
+    """A step that admits or refuses a call before its handler runs."""
 
     def __init__(self, applies_to: MethodFilter = every_method) -> None:
-        self._applies_to = applies_to
+        self.applies_to = applies_to
+
+    @abc.abstractmethod
+    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Returns to let the call through; raises a ServiceError to refuse it."""
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The whole chain as one gRPC interceptor: wrappers outermost, then guards in order.
+
+    One interceptor instead of one per step keeps the per-call cost to a single
+    handler wrap; the wrapped handler of each method is built once and reused.
+    """
+
+    def __init__(self, wrappers: Sequence[CallWrapper], guards: Sequence[CallGuard]) -> None:
+        self._wrappers = tuple(wrappers)
+        self._guards = tuple(guards)
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
@@ -113,32 +143,41 @@ class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):  # type: ignore[type
     ) -> grpc.RpcMethodHandler[Any, Any]:
         # `continuation` yields None for a method no service implements (the
         # stubs say otherwise); gRPC then answers UNIMPLEMENTED.
-        handler = await continuation(handler_call_details)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(
+            handler_call_details
+        )
+        if handler is None:
+            return handler  # type: ignore[return-value]
         method: str = handler_call_details.method
-        if handler is None or not self._applies_to(method):
-            return handler
-        return wrap_handler(handler, lambda context: self.around(method, context))
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(handler, self._around(method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-    @abc.abstractmethod
-    def around(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AbstractAsyncContextManager[None]:
-        """The context a call of `method` runs in."""
+    def _around(self, method: str) -> Around:
+        wrappers = self._wrappers
+        guards = tuple(guard for guard in self._guards if guard.applies_to(method))
 
+        @asynccontextmanager
+        async def around(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+            async with AsyncExitStack() as stack:
+                for wrapper in wrappers:
+                    await stack.enter_async_context(wrapper.around(method, context))
+                for guard in guards:
+                    await guard.admit(method, context)
+                yield
 
-class CallGuard(CallInterceptor):
-    """An interceptor that admits or refuses a call before its handler runs."""
-
-    @asynccontextmanager
-    async def around(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        await self.admit(method, context)
-        yield
-
-    @abc.abstractmethod
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Returns to let the call through; raises a ServiceError to refuse it."""
+        return around
 
 
-__all__ = ["Around", "CallGuard", "CallInterceptor", "MethodFilter", "every_method", "wrap_handler"]
+__all__ = [
+    "Around",
+    "CallGuard",
+    "CallWrapper",
+    "InterceptorChain",
+    "MethodFilter",
+    "every_method",
+    "wrap_handler",
+]

@@ -59,7 +59,9 @@ class RequestInvalid(InvalidArgument):
     def __init__(self, violations: list[FieldViolation]) -> None:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in violations
             ]
         )

@@ -19,12 +19,12 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from pixelgate.server.errors import INTERNAL_MESSAGE, ServiceError
-from pixelgate.server.interception import CallInterceptor
+from pixelgate.server.interception import CallWrapper
 
 log = logging.getLogger("pixelgate.errors")
 
 
-class ErrorInterceptor(CallInterceptor):
+class ErrorMapping(CallWrapper):
     """Aborts each call that raised with the status its exception maps to."""
 
     @asynccontextmanager
@@ -53,4 +53,4 @@ def _trailers(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
     return (*error.trailers, ("grpc-status-details-bin", status.SerializeToString()))
 
 
-__all__ = ["ErrorInterceptor"]
+__all__ = ["ErrorMapping"]

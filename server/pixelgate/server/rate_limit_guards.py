@@ -1,4 +1,4 @@
-"""Rate-limit interceptors: per peer address before authentication, per caller after.
+"""Rate-limit guards: per peer address before authentication, per caller after.
 
 The peer bucket bounds what an unauthenticated flood can cost (TLS and token
 checks are not free); the caller bucket, keyed on the verified principal and
@@ -25,7 +25,7 @@ def peer_address(peer: str) -> str:
     return address if port.isdigit() and address else peer
 
 
-class PeerRateLimitInterceptor(CallGuard):
+class PeerRateLimit(CallGuard):
     """Refuses calls from a peer address over its rate, before any token check."""
 
     def __init__(self, limiter: Limiter, limit: Limit, applies_to: MethodFilter) -> None:
@@ -39,7 +39,7 @@ class PeerRateLimitInterceptor(CallGuard):
             raise over_limit(self._limit, decision, who="peer address", unit="calls")
 
 
-class CallerRateLimitInterceptor(CallGuard):
+class CallerRateLimit(CallGuard):
     """Refuses calls over the caller's request rate; records what is left."""
 
     def __init__(self, limiter: Limiter, limit: Limit, applies_to: MethodFilter) -> None:
@@ -54,4 +54,4 @@ class CallerRateLimitInterceptor(CallGuard):
         current_record().quota.append((self._limit, decision))
 
 
-__all__ = ["CallerRateLimitInterceptor", "PeerRateLimitInterceptor", "peer_address"]
+__all__ = ["CallerRateLimit", "PeerRateLimit", "peer_address"]
