@@ -106,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--lifetime", type=float, default=3600, help="seconds")
     token.add_argument("--issuer", default=DEV_ISSUER)
     token.add_argument("--audience", default=DEV_AUDIENCE)
+    token.add_argument("--client-id", dest="token_client_id", help="default: the subject")
+    token.add_argument(
+        "--bind-certificate",
+        type=Path,
+        help="bind the token to this client certificate (RFC 8705 cnf x5t#S256)",
+    )
+    token.add_argument(
+        "--claim", action="append", default=[], metavar="NAME=VALUE", help="extra string claim"
+    )
 
     certs = commands.add_parser("certs", help="create the development PKI and token keys")
     certs.add_argument("--out", type=Path, default=DEV_DIR)
@@ -206,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"pixelgate: cannot load signing key {args.signing_key}: {error}", file=sys.stderr
             )
             return EXIT_FAILURE
+        claims = dict(claim.partition("=")[::2] for claim in args.claim)
+        if args.bind_certificate is not None:
+            from cryptography import x509
+
+            from pixelgate.server.client_identity import certificate_thumbprint
+
+            certificate = x509.load_pem_x509_certificate(args.bind_certificate.read_bytes())
+            claims["cnf"] = {"x5t#S256": certificate_thumbprint(certificate)}
         print(
             mint_access_token(
                 key,
@@ -214,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lifetime_seconds=args.lifetime,
                 issuer=args.issuer,
                 audience=args.audience,
+                client_id=args.token_client_id,
+                extra_claims=claims,
             )
         )
         return 0
