@@ -4,8 +4,9 @@ The interceptor chain's order is written here once. Outermost first, the
 wrappers: audit log (sees every call's final status), error mapping
 (exceptions to statuses, nothing internal leaks); then the guards, in order:
 per-peer rate limit (bounds unauthenticated floods), authentication (client
-certificate identity, bearer token, binding), authorization (scopes declared
-in the proto), per-caller rate limit;
+certificate allowlist (all but health), authentication (bearer token and
+its binding to the certificate), authorization (scopes declared in the
+proto), per-caller rate limit;
 
 then the servicer, which validates, applies per-caller policy and GPU quota,
 and runs the engine. Health and reflection need mutual TLS (the transport
@@ -25,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from pixelgate.server.audit_log import AuditLog
-from pixelgate.server.authentication import TokenAuthentication
+from pixelgate.server.authentication import CertificateAllowlist, TokenAuthentication
 from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
 from pixelgate.server.caller_policy import CallerPolicy
 from pixelgate.server.client_identity import BindingPolicy
@@ -68,6 +69,11 @@ Closer = Callable[[], Awaitable[None]]
 def needs_token(method: str) -> bool:
     """True for every method outside the token-less services."""
     return not any(method.startswith(f"/{service}/") for service in TOKENLESS_SERVICES)
+
+
+def not_health(method: str) -> bool:
+    """True for every method but the health checks (load balancers probe them)."""
+    return not method.startswith(f"/{health.SERVICE_NAME}/")
 
 
 async def build_verifier(auth: AuthSettings) -> tuple[TokenVerifier, list[Closer]]:
@@ -154,6 +160,11 @@ async def start_server(
 
     engine = GenerationEngine(models, max_queued_jobs=settings.max_queued_jobs)
     auth = settings.auth
+    binding = BindingPolicy(
+        require_bound_tokens=auth.require_bound_tokens,
+        certificate_must_match=auth.certificate_must_match,
+        allowed_identities=auth.allowed_client_identities,
+    )
     chain = InterceptorChain(
         wrappers=[AuditLog(), ErrorMapping()],
         guards=[
@@ -162,15 +173,8 @@ async def start_server(
                 _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
                 applies_to=every_method,
             ),
-            TokenAuthentication(
-                verifier,
-                BindingPolicy(
-                    require_bound_tokens=auth.require_bound_tokens,
-                    certificate_must_match=auth.certificate_must_match,
-                    allowed_identities=auth.allowed_client_identities,
-                ),
-                applies_to=needs_token,
-            ),
+            CertificateAllowlist(binding, applies_to=not_health),
+            TokenAuthentication(verifier, binding, applies_to=needs_token),
             ScopeAuthorization(ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token),
             CallerRateLimit(
                 limiter,

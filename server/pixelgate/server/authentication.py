@@ -1,7 +1,8 @@
 """Authentication: every protected call carries a valid bearer access token.
 
 The caller's certificate (already verified by the TLS handshake) must be
-allowed; the token comes from the `authorization` metadata (`Bearer <JWT>`),
+allowed, for every service but health; the token comes from the
+`authorization` metadata (`Bearer <JWT>`),
 is verified by the TokenVerifier, must be bound to that certificate as policy
 says, and the resulting Principal is bound to the call.
 """
@@ -36,6 +37,17 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return token.strip()
 
 
+class CertificateAllowlist(CallGuard):
+    """Refuses callers whose certificate identity the policy does not list (if it lists any)."""
+
+    def __init__(self, binding: BindingPolicy, applies_to: MethodFilter) -> None:
+        super().__init__(applies_to)
+        self._binding = binding
+
+    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._binding.admit_certificate(client_certificate(context.auth_context()))
+
+
 class TokenAuthentication(CallGuard):
     """Refuses calls without a valid access token and binds the caller's Principal."""
 
@@ -48,10 +60,9 @@ class TokenAuthentication(CallGuard):
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         certificate = client_certificate(context.auth_context())
-        self._binding.admit_certificate(certificate)
         token = await self._verifier.verify(bearer_token(context.invocation_metadata()))
         self._binding.check(token, certificate)
         bind_principal(Principal.of(token, certificate))
 
 
-__all__ = ["TokenAuthentication", "bearer_token"]
+__all__ = ["CertificateAllowlist", "TokenAuthentication", "bearer_token"]

@@ -143,9 +143,7 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         # `continuation` yields None for a method no service implements (the
         # stubs say otherwise); gRPC then answers UNIMPLEMENTED.
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(
-            handler_call_details
-        )
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
         if handler is None:
             return handler  # type: ignore[return-value]
         method: str = handler_call_details.method

@@ -5,8 +5,9 @@ start-up. A remote JWKS, at a configured URL or at the `jwks_uri` of the
 issuer's metadata (RFC 8414, else OpenID discovery), is fetched over HTTPS,
 refreshed on a schedule, and once more when a token names an unknown `kid`,
 at most once per interval, so a flood of random `kid`s cannot hammer the
-issuer. A failed fetch keeps the last good keys; a key the issuer drops stops
-verifying at the next refresh.
+issuer. A failed fetch keeps the last good keys (and, for a discovered JWKS,
+looks the issuer's metadata up again next time); a successful fetch is the
+truth: a key the issuer drops stops verifying, even if none is left.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class RemoteJwks:
         self._owns_client = client is None
         self._clock = clock
         self._keys: dict[str, VerificationKey] = {}
-        self._last_attempt = float("-inf")
+        self._last_unknown_kid_refresh = float("-inf")
         self._in_flight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -145,17 +146,17 @@ class RemoteJwks:
             await self._client.aclose()
 
     async def refresh_for_unknown_kid(self) -> bool:
-        if self._in_flight is None and (
-            self._clock() - self._last_attempt < self._settings.unknown_kid_refresh_seconds
-        ):
-            return False
+        if self._in_flight is None:
+            now = self._clock()
+            if now - self._last_unknown_kid_refresh < self._settings.unknown_kid_refresh_seconds:
+                return False
+            self._last_unknown_kid_refresh = now
         await self.refresh()
         return True
 
     async def refresh(self) -> None:
         """Fetches the JWKS once; concurrent callers share one fetch."""
         if self._in_flight is None:
-            self._last_attempt = self._clock()
             self._in_flight = asyncio.create_task(self._fetch())
             self._in_flight.add_done_callback(self._fetch_done)
         await asyncio.shield(self._in_flight)
@@ -165,8 +166,9 @@ class RemoteJwks:
 
     async def _fetch(self) -> None:
         issuer = self._settings.issuer
+        url = self._jwks_url
         try:
-            url = self._jwks_url or await self._discover_jwks_url()
+            url = url or await self._discover_jwks_url()
             keys = keys_from_jwks(await self._get_json(url), self._settings.algorithms)
         except (httpx.HTTPError, ValueError, UnusableKeyError) as error:
             log.warning(
@@ -175,12 +177,11 @@ class RemoteJwks:
                 len(self._keys),
                 _safe(error),
             )
+            if self._settings.jwks_url is None:
+                self._jwks_url = None  # the issuer may have moved its jwks_uri
             return
         if not keys:
-            log.warning(
-                "issuer %s: JWKS holds no usable key; keeping %d keys", issuer, len(self._keys)
-            )
-            return
+            log.warning("issuer %s: its JWKS holds no usable key; refusing its tokens", issuer)
         self._jwks_url = url
         retired = set(self._keys) - set(keys)
         added = set(keys) - set(self._keys)

@@ -126,7 +126,8 @@ class TokenVerifier:
         # Expired tokens fall out, and so does every token of a retired key.
         if self._clock() > cached.token.expires_at + self._leeway:
             return False
-        return cached.issuer.keys.keys().get(cached.key.kid) is cached.key
+        current = cached.issuer.keys.keys().get(cached.key.kid)
+        return current is cached.key or current == cached.key
 
     async def _verify(self, token: str) -> _Cached:
         try:
