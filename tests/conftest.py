@@ -7,13 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import EventLoopThread, RedisServer, ServerUnderTest, settings_for, start
+from support import (
+    EventLoopThread,
+    RedisServer,
+    ServerUnderTest,
+    copying_loader,
+    settings_for,
+    start,
+)
 
 from pixelgate.client import PixelgateClient
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
 from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token
 from pixelgate.server.config import ModelSettings
-from pixelgate.server.models import LoadedModel, load_model
+from pixelgate.server.models import ModelRuntime, load_model
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +53,9 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(model_cache: Path) -> LoadedModel:
+def tiny_model(model_cache: Path) -> ModelRuntime:
     """The embedded tiny model, built, saved and loaded back with from_pretrained."""
-    return load_model(ModelSettings(), model_cache)
+    return load_model(ModelSettings(), "cpu", model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +70,18 @@ def event_loop_thread() -> Iterator[EventLoopThread]:
 def start_server(
     pki: DevPkiFiles,
     model_cache: Path,
-    tiny_model: LoadedModel,
+    tiny_model: ModelRuntime,
     event_loop_thread: EventLoopThread,
 ) -> Iterator[Callable[..., ServerUnderTest]]:
     """Starts real servers over mTLS on free loopback ports; stops them after the test."""
     started: list[ServerUnderTest] = []
 
-    def _start(model: Any = None, **overrides: Any) -> ServerUnderTest:
+    def _start(model: Any = None, loader: Any = None, **overrides: Any) -> ServerUnderTest:
+        """`model` replaces the tiny model (a copy per server); `loader` replaces loading."""
         server = start(
-            settings_for(pki, model_cache, **overrides), model or tiny_model, event_loop_thread
+            settings_for(pki, model_cache, **overrides),
+            loader or copying_loader(model or tiny_model),
+            event_loop_thread,
         )
         started.append(server)
         return server

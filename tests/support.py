@@ -13,7 +13,7 @@ from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
 from pixelgate.server.config import Settings, load_settings
-from pixelgate.server.models import LoadedModel
+from pixelgate.server.models import ModelLoader, ModelRuntime
 
 T = TypeVar("T")
 
@@ -101,9 +101,16 @@ class ServerUnderTest:
         self.loop.run(self.running.stop(grace))
 
 
-def start(settings: Settings, model: LoadedModel | Any, loop: EventLoopThread) -> ServerUnderTest:
-    """Starts a server for `settings` on `loop`, sharing an already-loaded model."""
-    running = loop.run(start_server(settings, model=model))
+def copying_loader(model: ModelRuntime) -> ModelLoader:
+    """A loader that hands each server its own copy of an already-loaded model."""
+    import copy
+
+    return lambda settings, device: copy.deepcopy(model)
+
+
+def start(settings: Settings, loader: ModelLoader, loop: EventLoopThread) -> ServerUnderTest:
+    """Starts a server for `settings` on `loop`, its models from `loader`."""
+    running = loop.run(start_server(settings, loader=loader))
     return ServerUnderTest(running=running, settings=settings, loop=loop)
 
 

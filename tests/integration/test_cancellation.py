@@ -35,12 +35,24 @@ def test_cancelling_mid_stream_stops_the_pipeline(server, connect):
     assert image.steps == 2
 
 
-def test_an_expired_deadline_stops_the_pipeline(server, connect):
-    """A call whose deadline passes gets DEADLINE_EXCEEDED and its job stops early."""
+def test_a_deadline_that_cannot_be_met_is_refused_at_admission(server, connect):
+    """With step times measured, a job that cannot finish in time is refused before it runs."""
+    stats = server.running.engine.stats
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline would pass"):
+        connect(server).generate("a fox", steps=100, width=512, height=512, timeout=1.0)
+    assert time.monotonic() - started < 0.9  # refused at once, not after waiting
+    assert stats.jobs_started == 0
+
+
+def test_an_expired_deadline_stops_the_pipeline(start_server, connect):
+    """A call whose deadline passes mid-run gets DEADLINE_EXCEEDED and its job stops early."""
+    server = start_server(engine={"warmup": False})  # no step times yet: nothing refused
     stats = server.running.engine.stats
     with pytest.raises(DeadlineExceeded):
         connect(server).generate("a fox", steps=100, timeout=0.5)
     _wait_for(lambda: stats.jobs_cancelled == 1)
+    assert stats.jobs_started == 1
     assert stats.steps_run < 100
 
 
@@ -63,7 +75,7 @@ def test_a_job_cancelled_while_queued_never_runs(server, connect):
 
 def test_a_full_queue_is_resource_exhausted_at_once(start_server, connect):
     """Beyond max_queued_jobs a generation is refused immediately, not queued forever."""
-    server = start_server(max_queued_jobs=1)
+    server = start_server(engine={"max_queued_jobs": 1})
     client = connect(server)
     busy = client.stream("first", steps=60)
     next(busy)

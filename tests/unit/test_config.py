@@ -47,9 +47,9 @@ def test_defaults_use_dev_pki_and_tiny_model() -> None:
     assert issuer.public_key_files == (DEV_DIR / "token-signing.pub",)
     assert "HS256" not in issuer.algorithms
     assert settings.auth.token_types == ("at+jwt",)
-    assert settings.model.id == "tiny-sd-test"
-    assert settings.model.source is None
-    assert settings.model.is_test_model is True
+    assert settings.models[0].id == "tiny-sd-test"
+    assert settings.models[0].source is None
+    assert settings.models[0].is_test_model is True
 
 
 def test_defaults_equal_empty_file(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_toml_file_read(tmp_path: Path) -> None:
         'host = "0.0.0.0"\nport = 6000\nmax_images_per_request = 2\n'
         '[tls]\ncert_file = "/etc/pixelgate/tls.crt"\n'
         "[rate_limit]\nrequests_per_minute = 120\nburst = 5\n"
-        '[model]\nid = "sd-1.5"\nsource = "/models/sd15"\nmin_size = 256\n'
+        '[[models]]\nid = "sd-1.5"\nsource = "/models/sd15"\nmin_size = 256\n'
         "default_width = 512\ndefault_height = 512\nmax_steps = 80\nis_test_model = false\n"
         + ISSUER_TOML
         + 'algorithms = ["RS256"]\n',
@@ -78,10 +78,10 @@ def test_toml_file_read(tmp_path: Path) -> None:
     assert settings.tls.cert_file == Path("/etc/pixelgate/tls.crt")
     assert settings.tls.key_file == DEV_DIR / "server.key"  # unset fields keep their default
     assert (settings.rate_limit.requests_per_minute, settings.rate_limit.burst) == (120, 5)
-    assert settings.model.id == "sd-1.5"
-    assert settings.model.source == "/models/sd15"
-    assert (settings.model.min_size, settings.model.default_width) == (256, 512)
-    assert settings.model.is_test_model is False
+    assert settings.models[0].id == "sd-1.5"
+    assert settings.models[0].source == "/models/sd15"
+    assert (settings.models[0].min_size, settings.models[0].default_width) == (256, 512)
+    assert settings.models[0].is_test_model is False
     (issuer,) = settings.auth.issuers
     assert issuer.issuer == "https://login.example.com"
     assert issuer.audiences == ("pixelgate-prod",)
@@ -127,20 +127,20 @@ def test_port_out_of_range_refused(tmp_path: Path) -> None:
 
 def test_width_not_multiple_of_8_refused(tmp_path: Path) -> None:
     """A model size that is not a multiple of 8 is refused, naming the field."""
-    message = _config_error(tmp_path, "[model]\ndefault_width = 100\n")
+    message = _config_error(tmp_path, "[[models]]\ndefault_width = 100\n")
     assert "default_width must be a multiple of 8" in message
     assert "model" in message
 
 
 def test_default_steps_above_max_refused(tmp_path: Path) -> None:
     """default_steps greater than max_steps is refused."""
-    message = _config_error(tmp_path, "[model]\ndefault_steps = 50\nmax_steps = 20\n")
+    message = _config_error(tmp_path, "[[models]]\ndefault_steps = 50\nmax_steps = 20\n")
     assert "default_steps must not exceed max_steps" in message
 
 
 def test_default_width_outside_bounds_refused(tmp_path: Path) -> None:
     """A default size outside min_size..max size is refused."""
-    message = _config_error(tmp_path, "[model]\ndefault_width = 1024\n")
+    message = _config_error(tmp_path, "[[models]]\ndefault_width = 1024\n")
     assert "default_width must lie within min_size..max_width" in message
 
 
@@ -255,3 +255,27 @@ def test_non_utf8_file_refused(tmp_path: Path) -> None:
     path.write_bytes('host = "caf\u00e9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError):
         load_settings(path)
+
+
+def test_model_ids_are_unique_and_the_default_exists(tmp_path: Path) -> None:
+    """Two models with one id, or a default_model that is not configured, are refused."""
+    twice = '[[models]]\nid = "a"\n[[models]]\nid = "a"\n'
+    assert "model ids must be unique (repeated: a)" in _config_error(tmp_path, twice)
+    unknown = 'default_model = "b"\n[[models]]\nid = "a"\n'
+    assert "default_model 'b' is not among the models" in _config_error(tmp_path, unknown)
+
+
+def test_the_first_model_is_the_default_unless_named(tmp_path: Path) -> None:
+    """With several models the first one serves empty requests, unless default_model says."""
+    path = tmp_path / "models.toml"
+    path.write_text('[[models]]\nid = "a"\n[[models]]\nid = "b"\n', encoding="utf-8")
+    assert load_settings(path).default_model_id == "a"
+    path.write_text('default_model = "b"\n[[models]]\nid = "a"\n[[models]]\nid = "b"\n')
+    assert load_settings(path).default_model_id == "b"
+
+
+def test_engine_devices_are_checked(tmp_path: Path) -> None:
+    """An unknown device name, or "auto" mixed with others, is refused."""
+    assert "unknown device 'tpu'" in _config_error(tmp_path, '[engine]\ndevices = ["tpu"]\n')
+    mixed = '[engine]\ndevices = ["auto", "cpu"]\n'
+    assert '"auto" stands alone' in _config_error(tmp_path, mixed)

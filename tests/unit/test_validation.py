@@ -217,7 +217,7 @@ def test_control_characters_refused(
 
 @pytest.mark.parametrize("codepoint", [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2069])
 def test_bidi_override_characters_refused(validator: RequestValidator, codepoint: int) -> None:
-    """Bidi embeddings, overrides and isolates (Trojan Source) are refused, naming the code point."""
+    """Bidi embeddings, overrides and isolates (Trojan Source) are refused, naming them."""
     description = _only_violation(validator, "prompt", prompt=f"a {chr(codepoint)}fox")
     assert f"U+{codepoint:04X}" in description
 

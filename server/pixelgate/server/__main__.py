@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pixelgate.server.app import start_server
 from pixelgate.server.config import ConfigError, Settings, load_settings
+from pixelgate.server.model_registry import engine_devices
 from pixelgate.server.models import load_model
 from pixelgate.server.tls import TlsConfigError
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
         if args.prepare_model:
-            load_model(settings.model, settings.cache_dir)
+            device = engine_devices(settings.engine)[0]
+            for model in settings.models:
+                load_model(model, device, settings.cache_dir)
             return 0
         asyncio.run(serve(settings))
     except (ConfigError, TlsConfigError) as error:

@@ -9,19 +9,23 @@ its binding to the certificate), authorization (scopes declared in the
 proto), per-caller rate limit;
 
 then the servicer, which validates, applies per-caller policy and GPU quota,
-and runs the engine. Health and reflection need mutual TLS (the transport
+and submits to the engine (admission, fair batching queue, a worker per
+device). Health and reflection need mutual TLS (the transport
 requires it of every connection) but no token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import grpc.aio
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -30,13 +34,22 @@ from pixelgate.server.authentication import CertificateAllowlist, TokenAuthentic
 from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
 from pixelgate.server.caller_policy import CallerPolicy
 from pixelgate.server.client_identity import BindingPolicy
-from pixelgate.server.config import AuthSettings, ConfigError, RateLimitSettings, Settings
+from pixelgate.server.config import (
+    AuthSettings,
+    ConfigError,
+    EngineSettings,
+    ModelSettings,
+    RateLimitSettings,
+    Settings,
+)
 from pixelgate.server.engine import GenerationEngine
 from pixelgate.server.error_mapping import ErrorMapping
 from pixelgate.server.gpu_quota import CostModel, GpuQuota
 from pixelgate.server.interception import InterceptorChain, every_method
 from pixelgate.server.key_sources import key_source
-from pixelgate.server.models import LoadedModel, load_model
+from pixelgate.server.memory_guard import MIB, MemoryGuard
+from pixelgate.server.model_registry import ModelRegistry, engine_devices
+from pixelgate.server.models import ModelLoader, ModelRuntime, load_model
 from pixelgate.server.rate_limit import Limit, Limiter, MemoryBackend, RateLimitBackend
 from pixelgate.server.rate_limit_guards import (
     CallerRateLimit,
@@ -44,6 +57,7 @@ from pixelgate.server.rate_limit_guards import (
 )
 from pixelgate.server.redis_rate_limit import RedisBackend
 from pixelgate.server.reflection import DocumentedReflectionServicer, documented_files
+from pixelgate.server.safety import PromptDenylist, output_checker
 from pixelgate.server.servicer import ImageServicer
 from pixelgate.server.tls import server_credentials
 from pixelgate.server.token_keys import UnusableKeyError
@@ -138,27 +152,56 @@ class RunningServer:
             await close()
 
 
-async def start_server(
-    settings: Settings, *, model: LoadedModel | None = None, interceptors: bool = True
-) -> RunningServer:
-    """Builds every piece from `settings`, starts the server and returns it running.
+def memory_budget(settings: EngineSettings, devices: Sequence[str]) -> int | None:
+    """The per-device memory budget in bytes ("auto": 90% of the smallest GPU; none on CPU)."""
+    if settings.memory_budget_mb is None:
+        return None
+    if settings.memory_budget_mb == "auto":
+        gpus = [device for device in devices if device.startswith("cuda")]
+        if not gpus:
+            return None
+        smallest = min(torch.cuda.get_device_properties(gpu).total_memory for gpu in gpus)
+        return int(smallest * 0.9)
+    return int(settings.memory_budget_mb * MIB)
 
-    `model` lets a caller that already loaded the model (tests) share it.
+
+async def start_server(
+    settings: Settings, *, loader: ModelLoader | None = None, interceptors: bool = True
+) -> RunningServer:
+    """Builds every piece from `settings`, starts serving, and returns once the default
+    model is ready (or has failed; then health stays NOT_SERVING and the rest serve).
+
+    `loader` replaces how models load (tests share one loaded tiny model).
     `interceptors=False` serves with no interceptor at all (mutual TLS still on):
     only for measuring what the chain costs; it is not reachable from settings.
     """
     credentials = server_credentials(settings.tls)
-    if model is None:
-        model = await asyncio.to_thread(load_model, settings.model, settings.cache_dir)
-    models = {model.card.id: model}
+    devices = engine_devices(settings.engine)
+    registry = await asyncio.to_thread(
+        ModelRegistry.from_settings,
+        settings.models,
+        settings.default_model_id,
+        devices,
+        settings.cache_dir,
+    )
     caller_policy = CallerPolicy(settings.policy.rules)
-    caller_policy.check_models_exist(models)
+    caller_policy.check_models_exist(registry)
     verifier, closers = await build_verifier(settings.auth)
     limits = settings.rate_limit
     limiter = build_limiter(limits)
     closers.append(limiter.backend.aclose)
-
-    engine = GenerationEngine(models, max_queued_jobs=settings.max_queued_jobs)
+    safety = settings.safety
+    engine = GenerationEngine(
+        registry,
+        devices,
+        settings=settings.engine,
+        loader=loader or functools.partial(_load_model, cache_dir=settings.cache_dir),
+        memory=MemoryGuard(memory_budget(settings.engine, devices)),
+        denylist=PromptDenylist.from_settings(safety.prompt_denylist, safety.prompt_denylist_file),
+        checker_factory=functools.partial(
+            output_checker, safety.output_checker, safety.checker_source
+        ),
+    )
     auth = settings.auth
     binding = BindingPolicy(
         require_bound_tokens=auth.require_bound_tokens,
@@ -169,7 +212,9 @@ async def start_server(
         wrappers=[AuditLog(), ErrorMapping()],
         guards=[
             PeerRateLimit(
-                limiter,
+                # In this process, whatever the backend: a flood guard must not
+                # depend on Redis (health checks included) nor cost a round trip.
+                Limiter(MemoryBackend()),
                 _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
                 applies_to=every_method,
             ),
@@ -193,20 +238,19 @@ async def start_server(
     servicer = ImageServicer(
         engine,
         RequestValidator(
-            models,
-            model.card.id,
+            registry,
+            registry.default_model,
             max_prompt_bytes=settings.max_prompt_bytes,
             max_images=settings.max_images_per_request,
+            output=settings.output,
         ),
         caller_policy,
         GpuQuota(
             limiter,
             _per_minute("gpu", limits.gpu_cost_burst, limits.gpu_cost_per_minute),
-            CostModel({model.card.id: settings.model.cost_factor}),
+            CostModel({model.id: model.cost_factor for model in settings.models}),
             max_concurrent=limits.max_concurrent_generations,
         ),
-        [m.card for m in models.values()],
-        default_model=model.card.id,
         chunk_size=settings.chunk_size,
     )
     pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
@@ -220,13 +264,29 @@ async def start_server(
     port = server.add_secure_port(_address(settings.host, settings.port), credentials)
     if port == 0:
         raise ConfigError(f"cannot listen on {_address(settings.host, settings.port)}")
-    await server.start()
     for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("pixelgate listening on %s (mutual TLS)", _address(settings.host, port))
-    return RunningServer(
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    await engine.start()
+    running = RunningServer(
         server=server, port=port, engine=engine, health=health_servicer, closers=closers
     )
+    log.info(
+        "pixelgate listening on %s (mutual TLS); loading models", _address(settings.host, port)
+    )
+    if await registry.wait_ready(registry.default_model):
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("default model %s ready: serving", registry.default_model)
+    else:
+        log.error(
+            "default model %s failed to load: health stays NOT_SERVING", registry.default_model
+        )
+    return running
+
+
+def _load_model(settings: ModelSettings, device: str, *, cache_dir: Path) -> ModelRuntime:
+    return load_model(settings, device, cache_dir)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -181,7 +182,7 @@ class RateLimitSettings(_Section):
     max_concurrent_generations: int = Field(default=2, ge=1)
     """Generations one caller may have queued or running at once."""
     peer_requests_per_minute: float = Field(default=600.0, gt=0)
-    """Calls per minute from one peer address, counted before authentication."""
+    """Calls per minute from one peer address, counted before authentication (per replica)."""
     peer_burst: int = Field(default=100, ge=1)
     """The per-peer bucket's size."""
     backend: Literal["memory", "redis"] = "memory"
@@ -243,8 +244,11 @@ class PolicySettings(_Section):
     rules: tuple[CallerRule, ...] = ()
 
 
+_CLASS_NAME = r"^[A-Z][A-Za-z0-9]{0,80}$"
+
+
 class ModelSettings(_Section):
-    """The model the server runs and the request bounds it accepts.
+    """A model the server runs and the request bounds it accepts.
 
     The defaults describe the embedded tiny test model; a real model wants its
     own sizes (512 for Stable Diffusion 1.x) and step counts.
@@ -260,10 +264,16 @@ class ModelSettings(_Section):
     """Shown in ListModels."""
     is_test_model: bool = True
     """Shown in ListModels; true when the weights are random."""
+    pipeline: str | None = Field(default=None, pattern=_CLASS_NAME)
+    """A diffusers pipeline class, e.g. "StableDiffusionXLPipeline"; unset = the Auto one."""
+    scheduler: str | None = Field(default=None, pattern=_CLASS_NAME)
+    """A diffusers scheduler class (e.g. "EulerDiscreteScheduler"); unset = the model's own."""
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    """"auto" picks CUDA when present, else the CPU."""
+    """"auto": a copy on every engine device; or only "cpu", "cuda" (every GPU), "cuda:N"."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """"auto" is float16 on CUDA and float32 on the CPU."""
+    preload: bool = True
+    """Load at start-up; false loads on first use (that request waits)."""
     min_size: int = Field(default=64, ge=8)
     max_width: int = Field(default=512, ge=8)
     max_height: int = Field(default=512, ge=8)
@@ -274,6 +284,13 @@ class ModelSettings(_Section):
     default_guidance_scale: float = Field(default=7.5, ge=0, le=30)
     cost_factor: float = Field(default=1.0, gt=0)
     """GPU cost of one step relative to a Stable Diffusion 1.5 step at the same size."""
+    vae_slicing: bool = True
+    """Decode a batch one image at a time (lower peak memory, same result)."""
+    vae_tiling_above_pixels: int = Field(default=1024 * 1024, ge=0)
+    """Decode images larger than this (width x height) in tiles; 0 = never."""
+    activation_mb_per_megapixel: float = Field(default=6000.0, gt=0)
+    """Memory a one-megapixel image needs beyond the weights, for the memory guard
+    (a starting estimate; on CUDA the engine learns the real figure)."""
 
     @model_validator(mode="after")
     def _bounds_are_consistent(self) -> ModelSettings:
@@ -289,6 +306,59 @@ class ModelSettings(_Section):
         return self
 
 
+class EngineSettings(_Section):
+    """The work queue and the workers in front of the model devices."""
+
+    devices: tuple[str, ...] = ("auto",)
+    """One worker per device: "auto" = every CUDA GPU, else the CPU; or "cpu", "cuda:N"."""
+    max_queued_jobs: int = Field(default=32, ge=1)
+    """Generations waiting or running at once; beyond it calls get RESOURCE_EXHAUSTED."""
+    max_batch_images: int = Field(default=8, ge=1)
+    """Most images one pipeline call runs (compatible queued jobs are batched)."""
+    max_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    """How long a free worker waits for more compatible jobs before starting a batch."""
+    memory_budget_mb: float | Literal["auto"] | None = "auto"
+    """Per device; a request predicted to need more is refused. "auto" = 90% of a
+    GPU's memory (no guard on the CPU); unset = no guard."""
+    warmup: bool = True
+    """Run one step per model and device at load, to measure step time and warm kernels."""
+
+    @model_validator(mode="after")
+    def _devices_are_named(self) -> EngineSettings:
+        for device in self.devices:
+            if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+                raise ValueError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+        if "auto" in self.devices and len(self.devices) > 1:
+            raise ValueError('"auto" stands alone in devices')
+        return self
+
+
+class OutputSettings(_Section):
+    """How images are encoded and what else a caller may ask for."""
+
+    default_quality: int = Field(default=90, ge=1, le=100)
+    """JPEG and WebP quality when a request leaves it at 0."""
+    allow_metadata: bool = True
+    """Honour include_metadata (model, seed and steps in the file)."""
+    allow_previews: bool = True
+    """Honour preview_every_steps."""
+    min_preview_interval_steps: int = Field(default=1, ge=1)
+    """A request's preview_every_steps is raised to at least this."""
+
+
+class SafetySettings(_Section):
+    """Optional content checks; a blocked image is reported as filtered, never sent."""
+
+    prompt_denylist: tuple[str, ...] = ()
+    """Words or phrases (case-insensitive) that block a prompt."""
+    prompt_denylist_file: Path | None = None
+    """A file of such phrases, one per line."""
+    output_checker: Literal["none", "diffusers"] = "none"
+    """"diffusers": the Stable Diffusion safety checker looks at every image."""
+    checker_source: str = "CompVis/stable-diffusion-safety-checker"
+    """Where the safety checker (and its CLIP feature extractor) loads from."""
+
+
 class Settings(_Section):
     """Everything the server needs, with safe defaults."""
 
@@ -300,19 +370,38 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     policy: PolicySettings = PolicySettings()
-    model: ModelSettings = ModelSettings()
+    models: tuple[ModelSettings, ...] = Field(default=(ModelSettings(),), min_length=1)
+    """The model registry; with none configured, the tiny test model."""
+    default_model: str | None = None
+    """The model an empty request.model selects; unset = the first."""
+    engine: EngineSettings = EngineSettings()
+    output: OutputSettings = OutputSettings()
+    safety: SafetySettings = SafetySettings()
     max_prompt_bytes: int = Field(default=1000, ge=1, le=16384)
     """Longest prompt (and negative prompt) in UTF-8 bytes."""
     max_images_per_request: int = Field(default=4, ge=1, le=16)
     """Most images one request may ask for."""
-    max_queued_jobs: int = Field(default=32, ge=1)
-    """Generations waiting or running at once; beyond it calls get RESOURCE_EXHAUSTED."""
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     """Bytes per ImageChunk message."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls may run on after SIGTERM/SIGINT."""
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     """Where the embedded test model is saved on first use."""
+
+    @model_validator(mode="after")
+    def _models_are_distinct(self) -> Settings:
+        ids = [model.id for model in self.models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model ids must be unique (repeated: {', '.join(duplicates)})")
+        if self.default_model is not None and self.default_model not in ids:
+            raise ValueError(f"default_model {self.default_model!r} is not among the models")
+        return self
+
+    @property
+    def default_model_id(self) -> str:
+        """The id an empty request.model selects."""
+        return self.default_model or self.models[0].id
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -351,11 +440,14 @@ __all__ = [
     "CallerMatch",
     "CallerRule",
     "ConfigError",
+    "EngineSettings",
     "IssuerSettings",
     "ModelSettings",
+    "OutputSettings",
     "PolicySettings",
     "PublicKeyAlgorithm",
     "RateLimitSettings",
+    "SafetySettings",
     "Settings",
     "TlsSettings",
     "check_fetch_url",

@@ -1,7 +1,9 @@
 """Image encoding: PIL images to PNG/JPEG/WebP bytes with their SHA-256.
 
-Encoders write no metadata (no EXIF, no text chunks): the bytes carry the
-picture and nothing about how or for whom it was made.
+By default the encoders write no metadata (no EXIF, no text chunks): the bytes
+carry the picture and nothing about how or for whom it was made. On request
+they record the model, seed and steps (PNG text chunks; EXIF for JPEG and WebP)
+and never anything about the caller or the prompt.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 
 class ImageFormat(enum.Enum):
@@ -44,14 +46,34 @@ class EncodedImage:
     sha256: str
 
 
-def encode_image(image: Image.Image, image_format: ImageFormat, quality: int = 90) -> EncodedImage:
-    """Encodes `image`; `quality` applies to the lossy formats."""
+_EXIF_IMAGE_DESCRIPTION = 0x010E
+_EXIF_SOFTWARE = 0x0131
+
+
+def encode_image(
+    image: Image.Image,
+    image_format: ImageFormat,
+    quality: int = 90,
+    metadata: Mapping[str, str] | None = None,
+) -> EncodedImage:
+    """Encodes `image`; `quality` applies to the lossy formats, `metadata` is written if given."""
     buffer = io.BytesIO()
     rgb = image.convert("RGB")
     if image_format is ImageFormat.PNG:
-        rgb.save(buffer, format="PNG", optimize=False)
+        text = None
+        if metadata:
+            text = PngImagePlugin.PngInfo()
+            for key, value in metadata.items():
+                text.add_text(f"pixelgate:{key}", value)
+        rgb.save(buffer, format="PNG", optimize=False, pnginfo=text)
     else:
-        rgb.save(buffer, format=image_format.pillow_name, quality=quality)
+        extra = {}
+        if metadata:
+            exif = Image.Exif()
+            exif[_EXIF_SOFTWARE] = "pixelgate"
+            exif[_EXIF_IMAGE_DESCRIPTION] = "; ".join(f"{k}={v}" for k, v in metadata.items())
+            extra["exif"] = exif.tobytes()
+        rgb.save(buffer, format=image_format.pillow_name, quality=quality, **extra)
     data = buffer.getvalue()
     return EncodedImage(
         data=data,

@@ -1,22 +1,33 @@
-"""The generation engine: a bounded work queue in front of one worker thread.
+"""The generation engine: admission, a fair batching queue, and one worker per device.
 
-The pipeline runs in the worker, never on the event loop, one job at a time.
-Progress crosses back to the loop through `call_soon_threadsafe`. A job is
-cancelled through a threading.Event that the step callback checks, so a
-cancelled or expired call stops the pipeline at its next step and frees the
-worker for the next job.
+Admission refuses at once what cannot succeed: a full queue or a request too
+big for the device's memory (RESOURCE_EXHAUSTED), a model that failed to load
+(UNAVAILABLE), a deadline that would pass before the job could finish, by the
+measured step times (DEADLINE_EXCEEDED). Each device has a worker thread that
+owns its pipelines; it takes batches of compatible jobs from the fair queue
+and runs them as one pipeline call with a generator per image. Progress
+crosses back to the event loop through `call_soon_threadsafe`. A job is
+cancelled through a flag the step callback checks: a cancelled member of a
+batch stops receiving events while the others run on; a batch with no live
+member left stops at its next step. Out of device memory fails the request
+that caused it (a batch is retried one job at a time), and the worker goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from pixelgate.server.errors import ResourceExhausted
+import torch
+from PIL import Image
+
+from pixelgate.server.config import EngineSettings
+from pixelgate.server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from pixelgate.server.generation import (
     EngineEvent,
     GeneratedImage,
@@ -24,43 +35,71 @@ from pixelgate.server.generation import (
     Queued,
     StepDone,
 )
-from pixelgate.server.models import LoadedModel
+from pixelgate.server.memory_guard import MemoryGuard
+from pixelgate.server.model_registry import ModelRegistry, ModelState, RegisteredModel
+from pixelgate.server.models import ModelLoader, ModelRuntime, PipelineBatch
+from pixelgate.server.previews import preview_jpeg
+from pixelgate.server.safety import CheckerFactory, NoChecker, OutputChecker, PromptDenylist
+from pixelgate.server.step_timing import Shape, StepTimer
+from pixelgate.server.work_queue import FairQueue, hosted_by
 
 log = logging.getLogger("pixelgate.engine")
 
+WARMUP_STEPS = 4
+"""Steps of the warm-up run that measures a model's first step times."""
+
 
 class GenerationCancelled(Exception):
-    """Raised inside the pipeline's step callback to stop a cancelled job."""
+    """Raised inside the pipeline's step callback once no member of the batch listens."""
 
 
 @dataclass
 class EngineStats:
-    """Counters for monitoring; written by the worker thread only."""
+    """Counters for monitoring (updated under the engine's lock)."""
 
     jobs_started: int = 0
     jobs_completed: int = 0
     jobs_cancelled: int = 0
     jobs_failed: int = 0
     steps_run: int = 0
+    batches_run: int = 0
+    images_filtered: int = 0
 
 
-_END = object()
+@dataclass(frozen=True)
+class _End:
+    error: BaseException | None = None
 
 
 class Job:
     """A submitted generation: its events as they happen, and a way to stop it."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        caller: str,
+        loop: asyncio.AbstractEventLoop,
+        on_cancel: Callable[[Job], None],
+    ) -> None:
         self.request = request
+        self.caller = caller
+        self.model_id = request.model_id
+        self.images = len(request.seeds)
+        self.batch_key = request.batch_key
+        self.solo = False
         self.steps_run = 0
+        """Denoising steps run for this job (its share of a batch included)."""
+        self.last_position: int | None = None
         self._loop = loop
-        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._on_cancel = on_cancel
+        self._events: asyncio.Queue[EngineEvent | _End] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self._future: asyncio.Future[None] | None = None
 
     def cancel(self) -> None:
-        """Stops the job at its next step (or before it starts). Safe from any thread."""
-        self._cancelled.set()
+        """Stops the job at its next step, or drops it from the queue. Idempotent."""
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            self._on_cancel(self)
 
     @property
     def cancelled(self) -> bool:
@@ -71,79 +110,404 @@ class Job:
         """Queued, then StepDone per step, then a GeneratedImage per image; raises on failure."""
         while True:
             event = await self._events.get()
-            if event is _END:
-                break
-            yield event  # type: ignore[misc]
-        assert self._future is not None
-        self._future.result()
+            if isinstance(event, _End):
+                if event.error is not None:
+                    raise event.error
+                return
+            yield event
 
-    def _emit(self, event: object) -> None:
+    def emit_now(self, event: EngineEvent | _End) -> None:
+        """Hands an event over at once; on the event loop thread only (keeps it first)."""
+        self._events.put_nowait(event)
+
+    def emit(self, event: EngineEvent | _End) -> None:
+        """Hands an event to the job's consumer; safe from any thread."""
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            self.cancel()
+        except RuntimeError:  # the loop is gone: nobody listens any more
+            self._cancelled.set()
+
+
+class Worker(threading.Thread):
+    """Owns one device's pipelines and runs batches on them, one at a time."""
+
+    def __init__(self, engine: GenerationEngine, device: str) -> None:
+        super().__init__(name=f"pixelgate-worker-{device}", daemon=True)
+        self.device = device
+        self._engine = engine
+        self._runtimes: dict[str, ModelRuntime] = {}
+        self._checker: OutputChecker | None = None
+        hosted = [model.id for model in engine.registry.hosted_on(device)]
+        self.hosts = hosted_by(hosted)
+
+    def run(self) -> None:
+        engine = self._engine
+        for model in sorted(
+            engine.registry.hosted_on(self.device),
+            key=lambda m: m.id != engine.registry.default_model,  # the default loads first
+        ):
+            if model.settings.preload:
+                with contextlib.suppress(Unavailable):
+                    self._runtime(model)
+        settings = engine.settings
+        while True:
+            batch = engine.queue.take_batch(
+                self.hosts,
+                settings.max_batch_images,
+                max_delay=settings.max_batch_delay_ms / 1000.0,
+            )
+            if batch is None:
+                return
+            engine.dispatched(batch, self)
+            try:
+                self._run(batch)
+            finally:
+                engine.batch_done(self)
+
+    def _runtime(self, model: RegisteredModel) -> ModelRuntime:
+        runtime = self._runtimes.get(model.id)
+        if runtime is not None:
+            return runtime
+        engine = self._engine
+        engine.registry.set_state(model.id, ModelState.LOADING)
+        try:
+            runtime = engine.loader(model.settings, self.device)
+            engine.memory.describe_model(
+                model.id,
+                runtime.weights_bytes,
+                model.settings.activation_mb_per_megapixel * 1024 * 1024,
+            )
+            if engine.settings.warmup:
+                self._warm_up(model, runtime)
+        except Exception as error:
+            log.exception("model %s failed to load on %s", model.id, self.device)
+            engine.registry.set_state(model.id, ModelState.FAILED, error=error)
+            raise Unavailable(f"model {model.id} failed to load") from None
+        self._runtimes[model.id] = runtime
+        engine.registry.set_state(
+            model.id,
+            ModelState.READY,
+            pipeline_name=getattr(runtime, "pipeline_name", ""),
+            dtype=getattr(runtime, "dtype", ""),
+        )
+        log.info("model %s ready on %s", model.id, self.device)
+        return runtime
+
+    def _warm_up(self, model: RegisteredModel, runtime: ModelRuntime) -> None:
+        card = model.card
+        steps = min(card.default_steps, WARMUP_STEPS)
+        batch = PipelineBatch(
+            prompts=("warm-up",),
+            negative_prompts=("",),
+            seeds=(0,),
+            width=card.default_width,
+            height=card.default_height,
+            steps=steps,
+            guidance_scale=card.default_guidance_scale,
+        )
+        started = time.perf_counter()
+        runtime.run(batch, lambda step, total, latents: None)
+        self._engine.timer.observe(
+            Shape(model.id, card.default_width, card.default_height, 1),
+            (time.perf_counter() - started) / steps,
+        )
+
+    def _output_checker(self) -> OutputChecker:
+        if self._checker is None:
+            self._checker = self._engine.checker_factory(self.device)
+        return self._checker
+
+    def _run(self, jobs: Sequence[Job]) -> None:
+        engine = self._engine
+        members = []
+        for job in jobs:
+            if job.cancelled:
+                engine.finish(job, cancelled=True)
+            else:
+                members.append(job)
+        if not members:
+            return
+        request = members[0].request
+        try:
+            runtime = self._runtime(engine.registry[request.model_id])
+        except Unavailable as error:
+            for job in members:
+                engine.finish(job, error=error)
+            return
+        engine.count(jobs_started=len(members), batches_run=1)
+        offsets, position = {}, 0
+        for job in members:
+            offsets[job] = position
+            position += job.images
+        batch = PipelineBatch(
+            prompts=tuple(job.request.prompt for job in members for _ in job.request.seeds),
+            negative_prompts=tuple(
+                job.request.negative_prompt for job in members for _ in job.request.seeds
+            ),
+            seeds=tuple(seed for job in members for seed in job.request.seeds),
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            want_latents=runtime.latent_channels == 4
+            and any(job.request.preview_every for job in members),
+        )
+        started = time.perf_counter()
+
+        def on_step(step: int, total: int, latents: torch.Tensor | None) -> None:
+            engine.count(steps_run=1)
+            alive = [job for job in members if not job.cancelled]
+            if not alive:
+                raise GenerationCancelled
+            remaining = (time.perf_counter() - started) / step * (total - step)
+            for job in alive:
+                job.steps_run = step
+                every = job.request.preview_every
+                preview = None
+                if latents is not None and every and step % every == 0:
+                    preview = preview_jpeg(latents[offsets[job]])
+                job.emit(StepDone(step=step, total=total, eta=remaining, preview_jpeg=preview))
+
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            images = runtime.run(batch, on_step)
+        except GenerationCancelled:
+            for job in members:
+                engine.finish(job, cancelled=True)
+            return
+        except (torch.OutOfMemoryError, MemoryError):
+            self._out_of_memory(members)
+            return
+        except Exception as error:
+            log.exception("batch of %d jobs failed on %s", len(members), self.device)
+            for job in members:
+                engine.finish(job, error=error)
+            return
+        shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
+        engine.timer.observe(shape, (time.perf_counter() - started) / request.steps)
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(self.device)
+            engine.memory.observe_peak(*_shape_args(shape), peak_bytes=peak)
+        for job in members:
+            self._deliver(job, images[offsets[job] : offsets[job] + job.images])
+
+    def _deliver(self, job: Job, images: Sequence[Image.Image]) -> None:
+        engine = self._engine
+        if job.cancelled:
+            engine.finish(job, cancelled=True)
+            return
+        flags = self._output_checker().flagged(images)
+        for index, (seed, image, flagged) in enumerate(
+            zip(job.request.seeds, images, flags, strict=True)
+        ):
+            if flagged:
+                engine.count(images_filtered=1)
+            job.emit(
+                GeneratedImage(
+                    index=index,
+                    seed=seed,
+                    steps=job.steps_run,
+                    image=None if flagged else image,
+                )
+            )
+        engine.finish(job)
+
+    def _out_of_memory(self, members: Sequence[Job]) -> None:
+        engine = self._engine
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if len(members) > 1:
+            log.warning(
+                "out of memory in a batch of %d on %s: retrying one by one",
+                len(members),
+                self.device,
+            )
+            for job in reversed(members):
+                job.solo = True
+                engine.queue.put(job, front=True)
+            return
+        log.warning("out of memory on %s for one request", self.device)
+        engine.finish(
+            members[0],
+            error=ResourceExhausted(
+                "the device ran out of memory for this request; ask for a smaller image"
+                " or fewer images"
+            ),
+        )
+
+
+def _shape_args(shape: Shape) -> tuple[str, int, int, int]:
+    return shape.model_id, shape.width, shape.height, shape.images
 
 
 class GenerationEngine:
-    """Runs generation jobs in a worker thread, first come first served."""
+    """Admits generation jobs and runs them on one worker per device."""
 
-    def __init__(self, models: Mapping[str, LoadedModel], *, max_queued_jobs: int) -> None:
-        self._models = dict(models)
-        self._max_queued = max_queued_jobs
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelgate-worker")
-        self._active: set[Job] = set()
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        devices: Sequence[str],
+        *,
+        settings: EngineSettings,
+        loader: ModelLoader,
+        memory: MemoryGuard,
+        denylist: PromptDenylist | None = None,
+        checker_factory: CheckerFactory | None = None,
+        timer: StepTimer | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.loader = loader
+        self.memory = memory
+        self.denylist = denylist or PromptDenylist(())
+        self.checker_factory: CheckerFactory = checker_factory or (lambda device: NoChecker())
+        self.timer = timer or StepTimer()
+        self.queue: FairQueue[Job] = FairQueue()
         self.stats = EngineStats()
+        self._devices = list(devices)
+        self._workers: list[Worker] = []
+        self._active: set[Job] = set()
+        self._running: dict[Worker, tuple[list[Job], float | None]] = {}
+        self._lock = threading.RLock()
 
-    def submit(self, request: GenerationRequest) -> Job:
-        """Queues `request`; RESOURCE_EXHAUSTED when the queue is full. Call on the loop."""
-        if len(self._active) >= self._max_queued:
-            raise ResourceExhausted("server busy: the generation queue is full; retry later")
+    async def start(self) -> None:
+        """Starts one worker per device; preloaded models begin loading."""
+        self.registry.bind_loop(asyncio.get_running_loop())
+        self._workers = [Worker(self, device) for device in self._devices]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(
+        self, request: GenerationRequest, *, caller: str, deadline: float | None = None
+    ) -> Job:
+        """Admits and queues `request`, or raises the status that says why not. Call on the loop."""
+        self.registry.check_servable(request.model_id)
+        self.memory.check(request.model_id, request.width, request.height, len(request.seeds))
         loop = asyncio.get_running_loop()
-        job = Job(request, loop)
-        job._events.put_nowait(Queued(position=len(self._active)))
-        self._active.add(job)
-        future = loop.run_in_executor(self._executor, self._run, job)
-        job._future = future
-
-        def finished(_: asyncio.Future[None]) -> None:
-            self._active.discard(job)
-            job._events.put_nowait(_END)
-
-        future.add_done_callback(finished)
+        job = Job(request, caller, loop, self._cancelled)
+        if self.denylist.blocks(request.prompt):
+            self._filter_whole_job(job)
+            return job
+        with self._lock:
+            if len(self._active) >= self.settings.max_queued_jobs:
+                raise ResourceExhausted("server busy: the generation queue is full; retry later")
+            self._active.add(job)
+        self.queue.put(job)
+        position, eta = self._standing(job)
+        if deadline is not None and eta is not None and eta > deadline:
+            if self.queue.discard(job):
+                with self._lock:
+                    self._active.discard(job)
+                raise DeadlineExceeded(
+                    f"the deadline would pass before this job could finish"
+                    f" (about {eta:.1f} s needed, {max(deadline, 0):.1f} s left)"
+                )
+        # First in line: workers' events reach the loop only through callbacks
+        # that run after this call returns.
+        job.last_position = position
+        job.emit_now(Queued(position=position, eta=eta))
         return job
 
-    def _run(self, job: Job) -> None:
-        if job.cancelled:
-            self.stats.jobs_cancelled += 1
-            return
-        self.stats.jobs_started += 1
+    def _filter_whole_job(self, job: Job) -> None:
+        # A denied prompt costs no GPU: every image is reported filtered at once.
+        self.count(images_filtered=job.images)
+        for index, seed in enumerate(job.request.seeds):
+            job.emit(GeneratedImage(index=index, seed=seed, steps=0, image=None))
+        job.emit(_End())
+
+    def count(self, **increments: int) -> None:
+        """Adds to the stats (workers and the loop both count)."""
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def finish(
+        self, job: Job, *, error: BaseException | None = None, cancelled: bool = False
+    ) -> None:
+        """Ends a job: frees its slot, counts it, tells its consumer."""
+        with self._lock:
+            if job not in self._active:
+                return
+            self._active.discard(job)
+        if cancelled:
+            self.count(jobs_cancelled=1)
+            log.info("job cancelled after %d of %d steps", job.steps_run, job.request.steps)
+        elif error is not None:
+            self.count(jobs_failed=1)
+        else:
+            self.count(jobs_completed=1)
+        job.emit(_End(error if not isinstance(error, GenerationCancelled) else None))
+
+    def dispatched(self, batch: list[Job], worker: Worker) -> None:
+        """A worker took `batch`: note its expected end, tell the waiting jobs where they stand."""
+        first = batch[0].request
+        duration = self.timer.duration(
+            Shape(first.model_id, first.width, first.height, sum(j.images for j in batch)),
+            first.steps,
+        )
+        with self._lock:
+            self._running[worker] = (
+                batch,
+                None if duration is None else time.monotonic() + duration,
+            )
+        self.announce_positions()
+
+    def batch_done(self, worker: Worker) -> None:
+        """A worker finished its batch."""
+        with self._lock:
+            self._running.pop(worker, None)
+
+    def announce_positions(self) -> None:
+        """Sends Queued (position, ETA) to each waiting job whose position changed."""
+        for job in self.queue.in_service_order():
+            position, eta = self._standing(job)
+            if position != job.last_position:
+                job.last_position = position
+                job.emit(Queued(position=position, eta=eta))
+
+    def _standing(self, job: Job) -> tuple[int, float | None]:
+        """Jobs that run before `job`, and the estimated seconds until it finishes."""
+        order = self.queue.in_service_order()
+        ahead = order[: order.index(job)] if job in order else order
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.values())
+        position = len(ahead) + sum(len(jobs) for jobs, _ in running)
+        own = self._duration(job)
+        if own is None:
+            return position, None
+        busy = 0.0
+        for _, ends in running:
+            busy += max(0.0, ends - now) if ends is not None else own
+        for other in ahead:
+            busy += self._duration(other) or own
+        hosts = sum(1 for w in self._workers if w.hosts(job.model_id)) or 1
+        return position, busy / hosts + own
+
+    def _duration(self, job: Job) -> float | None:
         request = job.request
+        shape = Shape(request.model_id, request.width, request.height, job.images)
+        return self.timer.duration(shape, request.steps)
 
-        def on_step(step: int, total: int) -> None:
-            self.stats.steps_run += 1
-            job.steps_run += 1
-            if job.cancelled:
-                raise GenerationCancelled
-            job._emit(StepDone(step=step, total=total))
-
-        try:
-            images = self._models[request.model_id].generate(request, on_step)
-        except GenerationCancelled:
-            self.stats.jobs_cancelled += 1
-            log.info("job cancelled after %d of %d steps", job.steps_run, request.steps)
-            return
-        except BaseException:
-            self.stats.jobs_failed += 1
-            raise
-        for index, (seed, image) in enumerate(zip(request.seeds, images, strict=True)):
-            job._emit(GeneratedImage(index=index, seed=seed, steps=job.steps_run, image=image))
-        self.stats.jobs_completed += 1
+    def _cancelled(self, job: Job) -> None:
+        # A waiting job leaves the queue at once; a running one stops at its next step.
+        if self.queue.discard(job):
+            self.finish(job, cancelled=True)
+            self.announce_positions()
 
     async def aclose(self) -> None:
-        """Cancels every job and waits for the worker to stop (within one step)."""
-        for job in list(self._active):
+        """Cancels every job and waits for the workers to stop (within one step)."""
+        self.queue.close()
+        for job in self.queue.drain():
+            self.finish(job, cancelled=True)
+        with self._lock:
+            active = list(self._active)
+        for job in active:
             job.cancel()
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        for worker in self._workers:
+            await asyncio.to_thread(worker.join)
 
 
-__all__ = ["EngineStats", "GenerationCancelled", "GenerationEngine", "Job"]
+__all__ = ["EngineStats", "GenerationCancelled", "GenerationEngine", "Job", "Worker"]

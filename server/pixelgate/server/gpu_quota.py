@@ -45,13 +45,10 @@ class Charge:
     decision: Decision
     steps_done: int = 0
     steps_total: int = 1
-    finished: bool = False
 
     @property
     def unused(self) -> float:
-        """Cost of the steps never run (none once the generation finished)."""
-        if self.finished:
-            return 0.0
+        """Cost of the steps never run: all of it for a job that never ran."""
         done = min(self.steps_done, self.steps_total) / max(1, self.steps_total)
         return self.cost * (1.0 - done)
 

@@ -1,32 +1,31 @@
-"""Models: loading a diffusers pipeline and running it for one request.
+"""Models: loading a diffusers pipeline onto a device and running batches on it.
 
 `from_pretrained` takes a local directory or a hub id; with no source
 configured the embedded tiny test model is built (once) and loaded through the
-same path. A loaded model's pipeline is touched only by the engine's worker
-thread; validation counts prompt tokens with its own tokenizer copy, because
-tokenizers are not thread-safe.
+same path. A loaded model belongs to one worker thread, which alone calls it:
+diffusers schedulers and tokenizers are not thread-safe. Validation counts
+prompt tokens with a tokenizer of its own, loaded separately.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
 from pixelgate.server.config import ModelSettings
-from pixelgate.server.generation import GenerationRequest
 from pixelgate.server.tiny_model import ensure_tiny_model
 
 log = logging.getLogger("pixelgate.models")
 
-StepCallback = Callable[[int, int], None]
-"""Called after each denoising step with (step, total); raising stops the pipeline."""
+StepCallback = Callable[[int, int, Any], None]
+"""Called after each denoising step with (step, total, latents or None); raising stops the run."""
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -49,112 +48,208 @@ class ModelCard:
     max_prompt_tokens: int | None
     """Tokens the text encoder reads, special tokens excluded; None = no tokenizer bound."""
 
+    @classmethod
+    def of(cls, settings: ModelSettings, max_prompt_tokens: int | None) -> ModelCard:
+        """The card for a configured model."""
+        return cls(
+            id=settings.id,
+            description=settings.description,
+            is_test_model=settings.is_test_model,
+            min_size=settings.min_size,
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+            default_width=settings.default_width,
+            default_height=settings.default_height,
+            default_steps=settings.default_steps,
+            max_steps=settings.max_steps,
+            default_guidance_scale=settings.default_guidance_scale,
+            max_prompt_tokens=max_prompt_tokens,
+        )
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" is the first CUDA device when one is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+
+@dataclass(frozen=True)
+class PipelineBatch:
+    """One pipeline call: an entry per image, and the parameters they share."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    want_latents: bool = False
+    """Hand the latents to the step callback (for previews)."""
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+class ModelRuntime(Protocol):
+    """A model loaded on one device, called by its worker thread only."""
+
+    device: str
+    weights_bytes: int
+    latent_channels: int | None
+
+    def run(self, batch: PipelineBatch, on_step: StepCallback) -> list[Image.Image]:
+        """Runs the pipeline once for every image of `batch`."""
+        ...
+
+
+ModelLoader = Callable[[ModelSettings, str], ModelRuntime]
+"""Loads a configured model onto a device ("cpu", "cuda:0")."""
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
     """ "auto" is float16 on CUDA (half the memory, tensor cores) and float32 on the CPU."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if device.startswith("cuda") else torch.float32
     return _DTYPES[name]
 
 
-class LoadedModel:
-    """A pipeline on its device plus what validation needs to know about it."""
+def resolve_source(settings: ModelSettings, cache_dir: Path) -> str:
+    """Where the model loads from: its source, or the tiny model (built on first use)."""
+    return settings.source or str(ensure_tiny_model(cache_dir))
 
-    def __init__(self, card: ModelCard, pipeline: Any, device: torch.device) -> None:
-        self.card = card
+
+class DiffusersModel:
+    """A diffusers text-to-image pipeline on one device."""
+
+    def __init__(self, pipeline: Any, device: str, settings: ModelSettings) -> None:
         self._pipeline = pipeline
-        self._device = device
-        tokenizer = getattr(pipeline, "tokenizer", None)
-        self._tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
+        self._settings = settings
+        self.device = device
+        self.weights_bytes = sum(
+            parameter.numel() * parameter.element_size()
+            for component in pipeline.components.values()
+            if isinstance(component, torch.nn.Module)
+            for parameter in component.parameters()
+        )
+        unet = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        channels = getattr(getattr(unet, "config", None), "in_channels", None)
+        self.latent_channels = channels if isinstance(channels, int) else None
+        self.pipeline_name = type(pipeline).__name__
+        self.dtype = str(getattr(pipeline, "dtype", "")).removeprefix("torch.")
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes in the text encoder, special tokens excluded."""
-        if self._tokenizer is None:
-            return 0
-        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False)
-        return len(encoded["input_ids"])
-
-    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
-        """Runs the pipeline for `request`; call from the engine's worker thread only."""
+    def run(self, batch: PipelineBatch, on_step: StepCallback) -> list[Image.Image]:
+        """Runs the pipeline; one CPU generator per image keeps each image's noise its own."""
 
         def step_end(
             pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            on_step(step_index + 1, int(pipeline.num_timesteps))
+            on_step(step_index + 1, int(pipeline.num_timesteps), kwargs.get("latents"))
             return kwargs
 
-        # One CPU generator per image: reproducible across devices, and image i
-        # depends only on its own seed.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch.seeds]
+        self._configure_vae(batch)
+        negatives = list(batch.negative_prompts) if any(batch.negative_prompts) else None
         with torch.inference_mode():
             result = self._pipeline(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                num_images_per_prompt=len(request.seeds),
+                prompt=list(batch.prompts),
+                negative_prompt=negatives,
+                width=batch.width,
+                height=batch.height,
+                num_inference_steps=batch.steps,
+                guidance_scale=batch.guidance_scale,
+                num_images_per_prompt=1,
                 generator=generators,
                 callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"] if batch.want_latents else [],
                 output_type="pil",
             )
         return list(result.images)
 
+    def _configure_vae(self, batch: PipelineBatch) -> None:
+        vae = getattr(self._pipeline, "vae", None)
+        if vae is None:
+            return
+        if hasattr(vae, "enable_slicing"):
+            if self._settings.vae_slicing:
+                vae.enable_slicing()
+            else:
+                vae.disable_slicing()
+        threshold = self._settings.vae_tiling_above_pixels
+        if hasattr(vae, "enable_tiling"):
+            if threshold and batch.width * batch.height > threshold:
+                vae.enable_tiling()
+            else:
+                vae.disable_tiling()
 
-def _max_prompt_tokens(pipeline: Any) -> int | None:
-    tokenizer = getattr(pipeline, "tokenizer", None)
-    length = getattr(tokenizer, "model_max_length", None)
-    if not isinstance(length, int) or length > 100_000:  # "unlimited" sentinels
-        return None
-    return length - 2  # begin and end of text take two
+
+def _pipeline_class(name: str | None) -> Any:
+    diffusers = importlib.import_module("diffusers")
+    if name is None:
+        return diffusers.AutoPipelineForText2Image
+    found = getattr(diffusers, name, None)
+    if found is None or not hasattr(found, "from_pretrained"):
+        raise ValueError(f"diffusers has no pipeline class {name!r}")
+    return found
 
 
-def load_model(settings: ModelSettings, cache_dir: Path) -> LoadedModel:
-    """Loads the configured model (building the tiny test model when none is set)."""
-    from diffusers import AutoPipelineForText2Image
+def load_model(settings: ModelSettings, device: str, cache_dir: Path) -> DiffusersModel:
+    """Loads the configured model onto `device` (building the tiny test model when unset)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     # Loading progress bars mean nothing in a server's log.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    source = settings.source or str(ensure_tiny_model(cache_dir))
-    device = resolve_device(settings.device)
+    source = resolve_source(settings, cache_dir)
     dtype = resolve_dtype(settings.dtype, device)
     log.info("loading model %s from %s on %s (%s)", settings.id, source, device, dtype)
-    pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+    pipeline = _pipeline_class(settings.pipeline).from_pretrained(source, dtype=dtype)
+    if settings.scheduler is not None:
+        scheduler_class = getattr(importlib.import_module("diffusers"), settings.scheduler, None)
+        if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+            raise ValueError(f"diffusers has no scheduler class {settings.scheduler!r}")
+        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    card = ModelCard(
-        id=settings.id,
-        description=settings.description,
-        is_test_model=settings.is_test_model,
-        min_size=settings.min_size,
-        max_width=settings.max_width,
-        max_height=settings.max_height,
-        default_width=settings.default_width,
-        default_height=settings.default_height,
-        default_steps=settings.default_steps,
-        max_steps=settings.max_steps,
-        default_guidance_scale=settings.default_guidance_scale,
-        max_prompt_tokens=_max_prompt_tokens(pipeline),
-    )
-    return LoadedModel(card, pipeline, device)
+    # torch 2 runs attention through scaled_dot_product_attention (flash or
+    # memory-efficient kernels on CUDA) with diffusers' default processors.
+    return DiffusersModel(pipeline, device, settings)
+
+
+class PromptTokenizer:
+    """Counts prompt tokens for validation; used on the event loop thread only."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        length = getattr(tokenizer, "model_max_length", None)
+        # Begin and end of text take two; "unlimited" sentinels mean no bound.
+        self.max_tokens = length - 2 if isinstance(length, int) and length < 100_000 else None
+
+    def count(self, text: str) -> int:
+        """Tokens `text` takes, special tokens excluded."""
+        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False)
+        return len(encoded["input_ids"])
+
+
+def load_tokenizer(settings: ModelSettings, cache_dir: Path) -> PromptTokenizer | None:
+    """The model's (first) tokenizer, or None when it has none that loads."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(settings, cache_dir)
+    try:
+        return PromptTokenizer(AutoTokenizer.from_pretrained(source, subfolder="tokenizer"))
+    except (OSError, ValueError) as error:
+        log.warning(
+            "model %s: no tokenizer (%s); prompts bounded by bytes only",
+            settings.id,
+            type(error).__name__,
+        )
+        return None
 
 
 __all__ = [
-    "LoadedModel",
+    "DiffusersModel",
     "ModelCard",
+    "ModelLoader",
+    "ModelRuntime",
+    "PipelineBatch",
+    "PromptTokenizer",
     "StepCallback",
     "load_model",
-    "resolve_device",
+    "load_tokenizer",
     "resolve_dtype",
+    "resolve_source",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
@@ -27,7 +27,7 @@ from pixelgate.server.generation import (
     StepDone,
 )
 from pixelgate.server.gpu_quota import GpuQuota
-from pixelgate.server.models import ModelCard
+from pixelgate.server.model_registry import ModelState, RegisteredModel
 from pixelgate.server.principal import current_principal
 from pixelgate.server.validation import RequestValidator
 from pixelgate.v1 import image_service_pb2 as pb
@@ -45,19 +45,15 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         validator: RequestValidator,
         policy: CallerPolicy,
         quota: GpuQuota,
-        models: Sequence[ModelCard],
         *,
-        default_model: str,
         chunk_size: int,
     ) -> None:
         self._engine = engine
+        self._registry = engine.registry
         self._validator = validator
         self._policy = policy
         self._quota = quota
         self._chunk_size = chunk_size
-        self._model_list = pb.ListModelsResponse(
-            models=[_model_info(card, card.id == default_model) for card in models]
-        )
 
     async def GenerateImage(
         self, request: pb.GenerateImageRequest, context: Context
@@ -69,41 +65,72 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._policy.check(principal, generation)
         async with self._quota.admit(principal, generation) as charge:
             record.quota.append((self._quota.limit, charge.decision))
-            await send_quota_metadata(context)
-            job = self._engine.submit(generation)
+            job = self._engine.submit(
+                generation, caller=principal.key, deadline=context.time_remaining()
+            )
             # Stop the pipeline however the call ends: cancelled, deadline, disconnect.
             context.add_done_callback(lambda _: job.cancel())  # type: ignore[arg-type]
             try:
+                await send_quota_metadata(context)
                 async for event in job.events():
-                    if isinstance(event, StepDone):
-                        charge.steps_done = event.step
                     async for response in self._responses(event, generation):
                         yield response
-                charge.finished = True
             finally:
                 job.cancel()
+                charge.steps_done = job.steps_run
                 record.cost_charged = charge.cost - charge.unused
 
     async def _responses(
         self, event: EngineEvent, generation: GenerationRequest
     ) -> AsyncIterator[pb.GenerateImageResponse]:
         if isinstance(event, Queued):
-            yield _progress(
-                pb.Progress.STATE_QUEUED,
-                queue_position=event.position,
-                total_steps=generation.steps,
+            yield pb.GenerateImageResponse(
+                progress=pb.Progress(
+                    state=pb.Progress.STATE_QUEUED,
+                    queue_position=event.position,
+                    total_steps=generation.steps,
+                    eta_seconds=event.eta or 0.0,
+                )
             )
         elif isinstance(event, StepDone):
-            yield _progress(pb.Progress.STATE_RUNNING, step=event.step, total_steps=event.total)
-        elif isinstance(event, GeneratedImage):
+            yield pb.GenerateImageResponse(
+                progress=pb.Progress(
+                    state=pb.Progress.STATE_RUNNING,
+                    step=event.step,
+                    total_steps=event.total,
+                    eta_seconds=event.eta or 0.0,
+                    preview_jpeg=event.preview_jpeg or b"",
+                )
+            )
+        elif event.filtered:
+            yield pb.GenerateImageResponse(
+                complete=pb.ImageComplete(
+                    image_index=event.index,
+                    seed=event.seed,
+                    model=generation.model_id,
+                    steps=event.steps,
+                    finish_reason=pb.ImageComplete.FINISH_REASON_FILTERED,
+                )
+            )
+        else:
             async for response in self._image_messages(event, generation):
                 yield response
 
     async def _image_messages(
         self, image: GeneratedImage, generation: GenerationRequest
     ) -> AsyncIterator[pb.GenerateImageResponse]:
-        # Encoding is CPU work: off the event loop, and off the model's worker.
-        encoded = await asyncio.to_thread(encode_image, image.image, generation.output_format)
+        assert image.image is not None
+        metadata = None
+        if generation.include_metadata:
+            metadata = {
+                "model": generation.model_id,
+                "seed": str(image.seed),
+                "steps": str(image.steps),
+            }
+        # Encoding is CPU work: off the event loop, and off the model's workers.
+        encoded = await asyncio.to_thread(
+            encode_image, image.image, generation.output_format, generation.quality, metadata
+        )
         current_record().image_sha256s.append(encoded.sha256)
         for offset, data in chunks(encoded.data, self._chunk_size):
             yield pb.GenerateImageResponse(
@@ -120,6 +147,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                 seed=image.seed,
                 model=generation.model_id,
                 steps=image.steps,
+                finish_reason=pb.ImageComplete.FINISH_REASON_COMPLETE,
             )
         )
 
@@ -127,7 +155,12 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         await send_quota_metadata(context)
-        return self._model_list
+        return pb.ListModelsResponse(
+            models=[
+                _model_info(model, model.id == self._registry.default_model)
+                for model in self._registry.values()
+            ]
+        )
 
 
 def _record_request(generation: GenerationRequest) -> None:
@@ -145,11 +178,16 @@ def _record_request(generation: GenerationRequest) -> None:
     record.prompt_sha256 = hashlib.sha256(generation.prompt.encode("utf-8")).hexdigest()
 
 
-def _progress(state: Any, **fields: int) -> pb.GenerateImageResponse:
-    return pb.GenerateImageResponse(progress=pb.Progress(state=state, **fields))
+_STATES = {
+    ModelState.NOT_LOADED: pb.ModelInfo.STATE_NOT_LOADED,
+    ModelState.LOADING: pb.ModelInfo.STATE_LOADING,
+    ModelState.READY: pb.ModelInfo.STATE_READY,
+    ModelState.FAILED: pb.ModelInfo.STATE_FAILED,
+}
 
 
-def _model_info(card: ModelCard, is_default: bool) -> pb.ModelInfo:
+def _model_info(model: RegisteredModel, is_default: bool) -> pb.ModelInfo:
+    card = model.card
     return pb.ModelInfo(
         id=card.id,
         description=card.description,
@@ -163,6 +201,12 @@ def _model_info(card: ModelCard, is_default: bool) -> pb.ModelInfo:
         default_steps=card.default_steps,
         max_steps=card.max_steps,
         max_prompt_tokens=card.max_prompt_tokens or 0,
+        state=_STATES[model.state],
+        load_error=model.error,
+        pipeline=model.pipeline_name or model.settings.pipeline or "",
+        devices=list(model.devices),
+        dtype=model.dtype,
+        cost_factor=model.settings.cost_factor,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from google.rpc import error_details_pb2
 
+from pixelgate.server.config import OutputSettings
 from pixelgate.server.encoding import ImageFormat
 from pixelgate.server.errors import InvalidArgument, NotFound
 from pixelgate.server.generation import GenerationRequest
@@ -26,6 +27,7 @@ from pixelgate.server.models import ModelCard
 from pixelgate.v1 import image_service_pb2 as pb
 
 MAX_GUIDANCE_SCALE = 30.0
+MAX_QUALITY = 100
 _SEED_SPACE = 2**64
 _FORMATS = {
     pb.OUTPUT_FORMAT_UNSPECIFIED: ImageFormat.PNG,
@@ -79,12 +81,14 @@ class RequestValidator:
         *,
         max_prompt_bytes: int,
         max_images: int,
+        output: OutputSettings | None = None,
         random_seed: Callable[[], int] = lambda: secrets.randbits(63),
     ) -> None:
         self._models = models
         self._default_model = default_model
         self._max_prompt_bytes = max_prompt_bytes
         self._max_images = max_images
+        self._output = output or OutputSettings()
         self._random_seed = random_seed
 
     def validate(self, request: pb.GenerateImageRequest) -> GenerationRequest:
@@ -135,6 +139,25 @@ class RequestValidator:
             violations.append(
                 FieldViolation("output_format", "output_format must be PNG, JPEG or WEBP")
             )
+        quality = request.quality or self._output.default_quality
+        if not 1 <= quality <= MAX_QUALITY:
+            violations.append(
+                FieldViolation(
+                    "quality", f"quality must be from 1 to {MAX_QUALITY} (got {quality})"
+                )
+            )
+        if request.include_metadata and not self._output.allow_metadata:
+            violations.append(
+                FieldViolation("include_metadata", "include_metadata is turned off on this server")
+            )
+        preview_every = request.preview_every_steps
+        if preview_every and not self._output.allow_previews:
+            violations.append(
+                FieldViolation("preview_every_steps", "previews are turned off on this server")
+            )
+        preview_every = (
+            max(preview_every, self._output.min_preview_interval_steps) if preview_every else 0
+        )
         if violations:
             raise RequestInvalid(violations)
         assert image_format is not None
@@ -149,6 +172,9 @@ class RequestValidator:
             guidance_scale=guidance,
             seeds=tuple((seed + i) % _SEED_SPACE for i in range(count)),
             output_format=image_format,
+            quality=quality,
+            include_metadata=request.include_metadata,
+            preview_every=preview_every,
         )
 
     def _text(
