@@ -2,13 +2,16 @@
 
 Prints the ratio of wall times (time to last byte through the service over a
 direct in-process pipeline call) for one size and step count, measured in one
-run with the two interleaved, so machine noise hits both alike.
+run with the two interleaved, so machine noise hits both alike; and the time
+from sending a request to its first progress event, as a fraction of the
+direct call.
 
-    .venv/bin/python tests/benchmarks/service_overhead.py [--size 64] [--steps 10] [--runs 20]
+    .venv/bin/python tests/benchmarks/service_overhead.py [--size 64] [--steps 20] [--runs 20]
 
 The server runs as its own process (`python -m pixelgate.server`) with the full
-chain: mutual TLS, JWT verification, scopes, rate limiting, validation,
-streaming of progress and image chunks, digest check in the client.
+chain: mutual TLS, JWT verification, scopes, rate limits, GPU quota,
+validation, the engine's queue and worker, streaming of progress and image
+chunks, digest check in the client.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ from pixelgate.dev.pki import write_dev_pki
 from pixelgate.dev.tokens import load_signing_key, mint_access_token
 from pixelgate.server.config import ModelSettings
 from pixelgate.server.encoding import ImageFormat, encode_image
-from pixelgate.server.generation import GenerationRequest
-from pixelgate.server.models import load_model
+from pixelgate.server.models import PipelineBatch, load_model
 
 
 def _config(directory: Path, cache: Path) -> Path:
@@ -47,6 +49,10 @@ client_ca_file = "{files.ca_cert}"
 [rate_limit]
 requests_per_minute = 100000
 burst = 100000
+gpu_cost_per_minute = 1e9
+gpu_cost_burst = 1e9
+peer_requests_per_minute = 100000
+peer_burst = 100000
 [[auth.issuers]]
 issuer = "{DEV_ISSUER}"
 audiences = ["{DEV_AUDIENCE}"]
@@ -87,7 +93,7 @@ def main() -> None:
     """Runs the comparison and prints ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
 
@@ -95,7 +101,7 @@ def main() -> None:
         directory = Path(scratch)
         cache = directory / "cache"
         config = _config(directory, cache)
-        model = load_model(ModelSettings(), cache)  # builds the tiny model once, for both sides
+        model = load_model(ModelSettings(), "cpu", cache)  # builds the tiny model for both sides
         server, port = _start_server(config)
         try:
             files = directory / "pki"
@@ -109,39 +115,46 @@ def main() -> None:
                 key_file=files / "client.key",
                 token=token,
             )
-            request = GenerationRequest(
-                model_id=model.card.id,
-                prompt="a lighthouse on a cliff",
-                negative_prompt="",
+            batch = PipelineBatch(
+                prompts=("a lighthouse on a cliff",),
+                negative_prompts=("",),
+                seeds=(42,),
                 width=args.size,
                 height=args.size,
                 steps=args.steps,
                 guidance_scale=7.5,
-                seeds=(42,),
-                output_format=ImageFormat.PNG,
             )
+            first_event: list[float] = []
 
             def direct() -> None:
-                model.generate(request, lambda step, total: None)
+                model.run(batch, lambda step, total, latents: None)
 
             def direct_and_encode() -> None:
-                [image] = model.generate(request, lambda step, total: None)
+                [image] = model.run(batch, lambda step, total, latents: None)
                 encode_image(image, ImageFormat.PNG)
 
             def service() -> None:
-                client.generate(
-                    request.prompt, width=args.size, height=args.size, steps=args.steps, seed=42
+                started = time.perf_counter()
+                events = client.stream(
+                    batch.prompts[0], width=args.size, height=args.size, steps=args.steps, seed=42
                 )
+                next(events)
+                first_event.append(time.perf_counter() - started)
+                for _ in events:
+                    pass
 
             cases = {"direct": direct, "direct+png": direct_and_encode, "service": service}
             for run in cases.values():  # warm-up: first-call costs are not overhead
                 run()
                 run()
             times: dict[str, list[float]] = {name: [] for name in cases}
-            for _ in range(args.runs):
-                for name, run in cases.items():
+            names = list(cases)
+            for round_number in range(args.runs):
+                # Rotate the order each round, so no case always runs first or last.
+                shift = round_number % len(names)
+                for name in names[shift:] + names[:shift]:
                     started = time.perf_counter()
-                    run()
+                    cases[name]()
                     times[name].append(time.perf_counter() - started)
             client.close()
         finally:
@@ -150,14 +163,24 @@ def main() -> None:
 
     base = statistics.median(times["direct"])
     print(
-        f"GenerateImage {args.size}x{args.size}, {args.steps} steps, {args.runs} interleaved runs, "
-        f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+        f"GenerateImage {args.size}x{args.size}, {args.steps} steps, {args.runs} rounds"
+        f" (each case once per round, order rotating), torch threads"
+        f" {os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
     print(f"  baseline: direct in-process pipeline call, median {base * 1000:.1f} ms")
     for name in ("direct+png", "service"):
-        p50 = statistics.median(times[name]) / base
-        p90 = _percentile(times[name], 0.9) / _percentile(times["direct"], 0.9)
-        print(f"  {name:<11} / direct: p50 ratio {p50:.3f}, p90 ratio {p90:.3f}")
+        # Ratios within a round cancel the machine's slow drifts.
+        ratios = sorted(t / d for t, d in zip(times[name], times["direct"], strict=True))
+        print(
+            f"  {name:<11} / direct: median of per-round ratios {statistics.median(ratios):.3f}"
+            f" (interquartile {_percentile(ratios, 0.25):.3f}..{_percentile(ratios, 0.75):.3f}),"
+            f" ratio of medians {statistics.median(times[name]) / base:.3f}"
+        )
+    first = statistics.median(first_event[-args.runs :])
+    print(
+        f"  request to first progress event (no load): median {first * 1000:.1f} ms"
+        f" = {first / base:.3f} of the direct call"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `pixelgate-server`."""
     args = _parse(argv)
+    interval = os.environ.get("PIXELGATE_SWITCH_INTERVAL")
+    if interval:
+        sys.setswitchinterval(float(interval))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

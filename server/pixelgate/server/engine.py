@@ -87,6 +87,7 @@ class Job:
         self.images = len(request.seeds)
         self.batch_key = request.batch_key
         self.solo = False
+        self.held = False
         self.steps_run = 0
         """Denoising steps run for this job (its share of a batch included)."""
         self.last_position: int | None = None
@@ -286,7 +287,9 @@ class Worker(threading.Thread):
                 engine.finish(job, error=error)
             return
         shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
-        engine.timer.observe(shape, (time.perf_counter() - started) / request.steps)
+        elapsed = time.perf_counter() - started
+        engine.timer.observe(shape, elapsed / request.steps)
+        log.debug("batch of %d images, %d steps: %.3f s", len(batch.seeds), request.steps, elapsed)
         if cuda:
             peak = torch.cuda.max_memory_allocated(self.device)
             engine.memory.observe_peak(*_shape_args(shape), peak_bytes=peak)
@@ -380,13 +383,23 @@ class GenerationEngine:
             worker.start()
 
     def submit(
-        self, request: GenerationRequest, *, caller: str, deadline: float | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        caller: str,
+        deadline: float | None = None,
+        hold: bool = False,
     ) -> Job:
-        """Admits and queues `request`, or raises the status that says why not. Call on the loop."""
+        """Admits and queues `request`, or raises the status that says why not. Call on the loop.
+
+        A held job keeps its place but starts only after `release(job)`: the
+        caller can be answered first, without a busy worker in its way.
+        """
         self.registry.check_servable(request.model_id)
         self.memory.check(request.model_id, request.width, request.height, len(request.seeds))
         loop = asyncio.get_running_loop()
         job = Job(request, caller, loop, self._cancelled)
+        job.held = hold
         if self.denylist.blocks(request.prompt):
             self._filter_whole_job(job)
             return job
@@ -409,6 +422,11 @@ class GenerationEngine:
         job.last_position = position
         job.emit_now(Queued(position=position, eta=eta))
         return job
+
+    def release(self, job: Job) -> None:
+        """Lets a job submitted with `hold=True` start."""
+        if job.held:
+            self.queue.release(job)
 
     def _filter_whole_job(self, job: Job) -> None:
         # A denied prompt costs no GPU: every image is reported filtered at once.

@@ -66,55 +66,24 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         async with self._quota.admit(principal, generation) as charge:
             record.quota.append((self._quota.limit, charge.decision))
             job = self._engine.submit(
-                generation, caller=principal.key, deadline=context.time_remaining()
+                generation, caller=principal.key, deadline=context.time_remaining(), hold=True
             )
             # Stop the pipeline however the call ends: cancelled, deadline, disconnect.
             context.add_done_callback(lambda _: job.cancel())  # type: ignore[arg-type]
             try:
                 await send_quota_metadata(context)
                 async for event in job.events():
-                    async for response in self._responses(event, generation):
-                        yield response
+                    if isinstance(event, GeneratedImage) and not event.filtered:
+                        async for response in self._image_messages(event, generation):
+                            yield response
+                    else:  # the per-step path: one message, no further generator
+                        yield _event_message(event, generation)
+                    # The caller has its first answer; now the job may start.
+                    self._engine.release(job)
             finally:
                 job.cancel()
                 charge.steps_done = job.steps_run
                 record.cost_charged = charge.cost - charge.unused
-
-    async def _responses(
-        self, event: EngineEvent, generation: GenerationRequest
-    ) -> AsyncIterator[pb.GenerateImageResponse]:
-        if isinstance(event, Queued):
-            yield pb.GenerateImageResponse(
-                progress=pb.Progress(
-                    state=pb.Progress.STATE_QUEUED,
-                    queue_position=event.position,
-                    total_steps=generation.steps,
-                    eta_seconds=event.eta or 0.0,
-                )
-            )
-        elif isinstance(event, StepDone):
-            yield pb.GenerateImageResponse(
-                progress=pb.Progress(
-                    state=pb.Progress.STATE_RUNNING,
-                    step=event.step,
-                    total_steps=event.total,
-                    eta_seconds=event.eta or 0.0,
-                    preview_jpeg=event.preview_jpeg or b"",
-                )
-            )
-        elif event.filtered:
-            yield pb.GenerateImageResponse(
-                complete=pb.ImageComplete(
-                    image_index=event.index,
-                    seed=event.seed,
-                    model=generation.model_id,
-                    steps=event.steps,
-                    finish_reason=pb.ImageComplete.FINISH_REASON_FILTERED,
-                )
-            )
-        else:
-            async for response in self._image_messages(event, generation):
-                yield response
 
     async def _image_messages(
         self, image: GeneratedImage, generation: GenerationRequest
@@ -176,6 +145,37 @@ def _record_request(generation: GenerationRequest) -> None:
         "output_format": generation.output_format.name,
     }
     record.prompt_sha256 = hashlib.sha256(generation.prompt.encode("utf-8")).hexdigest()
+
+
+def _event_message(event: EngineEvent, generation: GenerationRequest) -> pb.GenerateImageResponse:
+    if isinstance(event, StepDone):
+        return pb.GenerateImageResponse(
+            progress=pb.Progress(
+                state=pb.Progress.STATE_RUNNING,
+                step=event.step,
+                total_steps=event.total,
+                eta_seconds=event.eta or 0.0,
+                preview_jpeg=event.preview_jpeg or b"",
+            )
+        )
+    if isinstance(event, Queued):
+        return pb.GenerateImageResponse(
+            progress=pb.Progress(
+                state=pb.Progress.STATE_QUEUED,
+                queue_position=event.position,
+                total_steps=generation.steps,
+                eta_seconds=event.eta or 0.0,
+            )
+        )
+    return pb.GenerateImageResponse(  # a filtered image: no bytes, only the reason
+        complete=pb.ImageComplete(
+            image_index=event.index,
+            seed=event.seed,
+            model=generation.model_id,
+            steps=event.steps,
+            finish_reason=pb.ImageComplete.FINISH_REASON_FILTERED,
+        )
+    )
 
 
 _STATES = {

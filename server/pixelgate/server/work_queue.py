@@ -26,6 +26,8 @@ class QueuedJob(Protocol):
     batch_key: Hashable
     solo: bool
     """Must run alone (it was part of a batch that ran out of memory)."""
+    held: bool
+    """Holds its place but may not start yet (its caller is still being answered)."""
 
 
 J = TypeVar("J", bound=QueuedJob)
@@ -52,6 +54,12 @@ class FairQueue(Generic[J]):
                 self._lines.move_to_end(job.caller, last=False)
             else:
                 line.append(job)
+            self._condition.notify_all()
+
+    def release(self, job: J) -> None:
+        """Lets a held job start."""
+        with self._condition:
+            job.held = False
             self._condition.notify_all()
 
     def discard(self, job: J) -> bool:
@@ -131,7 +139,7 @@ class FairQueue(Generic[J]):
 
     def _first_runnable(self, hosted: Callable[[str], bool]) -> J | None:
         for line in self._lines.values():
-            if line and hosted(line[0].model_id):
+            if line and not line[0].held and hosted(line[0].model_id):
                 return line[0]
         return None
 
@@ -140,7 +148,7 @@ class FairQueue(Generic[J]):
             job.images
             for line in self._lines.values()
             for job in line
-            if job.batch_key == first.batch_key and not job.solo
+            if job.batch_key == first.batch_key and not job.solo and not job.held
         )
 
     def _wait_for_company(self, first: J, max_images: int, max_delay: float) -> None:
@@ -165,7 +173,7 @@ class FairQueue(Generic[J]):
                     (
                         job
                         for job in line or ()
-                        if job.batch_key == first.batch_key and not job.solo
+                        if job.batch_key == first.batch_key and not job.solo and not job.held
                     ),
                     None,
                 )
