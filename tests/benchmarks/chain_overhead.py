@@ -23,65 +23,23 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from bench_server import dev_token, start_server, stop, write_config
 
-from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
-from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
-from pixelgate.dev.tokens import load_signing_key, mint_access_token
+from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 
-def _config(directory: Path, files: DevPkiFiles, cache: Path) -> Path:
-    config = directory / "bench.toml"
-    config.write_text(
-        f"""
-host = "127.0.0.1"
-port = 0
-cache_dir = "{cache}"
-[tls]
-cert_file = "{files.server_cert}"
-key_file = "{files.server_key}"
-client_ca_file = "{files.ca_cert}"
-[rate_limit]
-requests_per_minute = 100000000
-burst = 100000000
-peer_requests_per_minute = 100000000
-peer_burst = 100000000
-[[auth.issuers]]
-issuer = "{DEV_ISSUER}"
-audiences = ["{DEV_AUDIENCE}"]
-public_key_files = ["{files.verification_key}"]
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
 async def _serve(config: Path, with_chain: bool) -> None:
-    import logging
-
     from pixelgate.server.app import start_server
     from pixelgate.server.config import load_settings
+    from pixelgate.server.logging_setup import configure_logging
 
-    # As deployed: the audit line of every call is written (here to a file).
-    logging.basicConfig(level=logging.INFO, filename=str(config.with_suffix(".log")))
+    # As deployed: the audit line of every call is written (here to stderr, a file).
+    configure_logging("INFO")
     running = await start_server(load_settings(config), interceptors=with_chain)
-    print(f"port {running.port}", flush=True)
+    print(f"pixelgate: serving on port {running.port}", flush=True)
     await asyncio.Event().wait()
-
-
-def _start(config: Path, with_chain: bool) -> tuple[subprocess.Popen[str], int]:
-    mode = "full" if with_chain else "bare"
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", mode, "--config", str(config)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("port "):
-            return process, int(line.split()[1])
-    raise RuntimeError(f"{mode} server exited before serving")
 
 
 async def _round(
@@ -106,9 +64,7 @@ async def _round(
 
 
 async def _measure(args: argparse.Namespace, files: DevPkiFiles, ports: dict[str, int]) -> None:
-    token = mint_access_token(
-        load_signing_key(files.signing_key), subject="bench", lifetime_seconds=3600
-    )
+    token = dev_token(files)
     tls = grpc.ssl_channel_credentials(
         files.ca_cert.read_bytes(), files.client_key.read_bytes(), files.client_cert.read_bytes()
     )
@@ -151,19 +107,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        files = write_dev_pki(directory / "pki")
-        config = _config(directory, files, directory / "cache")
         processes: list[subprocess.Popen[str]] = []
+        config, files = write_config(directory)
         try:
             ports = {}
             for name in ("full", "bare"):
-                process, ports[name] = _start(config, with_chain=name == "full")
+                process, ports[name] = start_server(
+                    config, [sys.executable, __file__, "--serve", name]
+                )
                 processes.append(process)
             asyncio.run(_measure(args, files, ports))
         finally:
             for process in processes:
-                process.terminate()
-                process.wait(30)
+                stop(process)
 
 
 if __name__ == "__main__":

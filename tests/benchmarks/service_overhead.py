@@ -19,69 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pixelgate.client import PixelgateClient
-from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
-from pixelgate.dev.pki import write_dev_pki
-from pixelgate.dev.tokens import load_signing_key, mint_access_token
+from bench_server import client, start_server, stop, write_config
+
 from pixelgate.server.config import ModelSettings
 from pixelgate.server.encoding import ImageFormat, encode_image
 from pixelgate.server.models import PipelineBatch, load_model
-
-
-def _config(directory: Path, cache: Path) -> Path:
-    files = write_dev_pki(directory / "pki")
-    config = directory / "bench.toml"
-    config.write_text(
-        f"""
-host = "127.0.0.1"
-port = 0
-cache_dir = "{cache}"
-[tls]
-cert_file = "{files.server_cert}"
-key_file = "{files.server_key}"
-client_ca_file = "{files.ca_cert}"
-[rate_limit]
-requests_per_minute = 100000
-burst = 100000
-gpu_cost_per_minute = 1e9
-gpu_cost_burst = 1e9
-peer_requests_per_minute = 100000
-peer_burst = 100000
-[[auth.issuers]]
-issuer = "{DEV_ISSUER}"
-audiences = ["{DEV_AUDIENCE}"]
-public_key_files = ["{files.verification_key}"]
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
-def _start_server(config: Path) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pixelgate.server",
-            "--config",
-            str(config),
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("pixelgate: serving on port "):
-            return process, int(line.rsplit(" ", 1)[1])
-    raise RuntimeError("server exited before serving")
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -99,22 +45,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        cache = directory / "cache"
-        config = _config(directory, cache)
-        model = load_model(ModelSettings(), "cpu", cache)  # builds the tiny model for both sides
-        server, port = _start_server(config)
+        config, files = write_config(directory)
+        # Builds the tiny model into the cache once, for both sides.
+        model = load_model(ModelSettings(), "cpu", directory / "cache")
+        server, port = start_server(config)
         try:
-            files = directory / "pki"
-            token = mint_access_token(
-                load_signing_key(files / "token-signing.key"), subject="bench"
-            )
-            client = PixelgateClient(
-                f"127.0.0.1:{port}",
-                ca_file=files / "ca.crt",
-                cert_file=files / "client.crt",
-                key_file=files / "client.key",
-                token=token,
-            )
+            service_client = client(files, port)
             batch = PipelineBatch(
                 prompts=("a lighthouse on a cliff",),
                 negative_prompts=("",),
@@ -135,7 +71,7 @@ def main() -> None:
 
             def service() -> None:
                 started = time.perf_counter()
-                events = client.stream(
+                events = service_client.stream(
                     batch.prompts[0], width=args.size, height=args.size, steps=args.steps, seed=42
                 )
                 next(events)
@@ -156,10 +92,9 @@ def main() -> None:
                     started = time.perf_counter()
                     cases[name]()
                     times[name].append(time.perf_counter() - started)
-            client.close()
+            service_client.close()
         finally:
-            server.terminate()
-            server.wait(30)
+            stop(server)
 
     base = statistics.median(times["direct"])
     print(

@@ -5,14 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 import pytest
 
 from pixelgate.client import InvalidArgument, Unauthenticated
 
 
-def _entries(caplog) -> list[dict]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "pixelgate.audit"]
+def _entries(caplog, expected: int = 1) -> list[dict]:
+    # The server writes a call's line as the call ends, which can be just after
+    # the client has its answer: wait briefly for the lines to arrive.
+    deadline = time.monotonic() + 5
+    while True:
+        entries = [
+            json.loads(r.getMessage()) for r in caplog.records if r.name == "pixelgate.audit"
+        ]
+        if len(entries) >= expected or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.01)
 
 
 def test_a_generation_is_audited_with_parameters_cost_and_digests(server, connect, mint, caplog):
@@ -56,7 +66,7 @@ def test_refusals_are_audited_and_nothing_secret_is_logged(server, connect, mint
     with pytest.raises(Unauthenticated):
         connect(server, token=token + "x").list_models()
 
-    statuses = [(e["method"].rsplit("/", 1)[1], e["status"]) for e in _entries(caplog)]
+    statuses = [(e["method"].rsplit("/", 1)[1], e["status"]) for e in _entries(caplog, 2)]
     assert ("GenerateImage", "INVALID_ARGUMENT") in statuses
     assert ("ListModels", "UNAUTHENTICATED") in statuses
     everything = "\n".join(r.getMessage() for r in caplog.records)

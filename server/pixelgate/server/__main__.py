@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pixelgate.server.app import start_server
 from pixelgate.server.config import ConfigError, Settings, load_settings
+from pixelgate.server.logging_setup import configure_logging
 from pixelgate.server.model_registry import engine_devices
 from pixelgate.server.models import load_model
 from pixelgate.server.tls import TlsConfigError
@@ -60,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     interval = os.environ.get("PIXELGATE_SWITCH_INTERVAL")
     if interval:
         sys.setswitchinterval(float(interval))
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("diffusers", "transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
         if args.prepare_model:

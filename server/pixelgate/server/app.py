@@ -29,7 +29,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from pixelgate.server.audit_log import AuditLog
+from pixelgate.server.audit_log import AuditLog, AuditWriter
 from pixelgate.server.authentication import CertificateAllowlist, TokenAuthentication
 from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
 from pixelgate.server.caller_policy import CallerPolicy
@@ -208,8 +208,10 @@ async def start_server(
         certificate_must_match=auth.certificate_must_match,
         allowed_identities=auth.allowed_client_identities,
     )
+    audit = AuditWriter()
+    closers.append(lambda: asyncio.to_thread(audit.close))
     chain = InterceptorChain(
-        wrappers=[AuditLog(), ErrorMapping()],
+        wrappers=[AuditLog(audit), ErrorMapping()],
         guards=[
             PeerRateLimit(
                 # In this process, whatever the backend: a flood guard must not
@@ -218,7 +220,11 @@ async def start_server(
                 _per_minute("peer", limits.peer_burst, limits.peer_requests_per_minute),
                 applies_to=every_method,
             ),
-            CertificateAllowlist(binding, applies_to=not_health),
+            *(
+                [CertificateAllowlist(binding, applies_to=not_health)]
+                if auth.allowed_client_identities
+                else []
+            ),
             TokenAuthentication(verifier, binding, applies_to=needs_token),
             ScopeAuthorization(ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token),
             CallerRateLimit(

@@ -26,6 +26,8 @@ class CallRecord:
     method: str
     peer: str
     started: float = field(default_factory=time.perf_counter)
+    duration: float = 0.0
+    """Seconds the call took (set as it ends)."""
     quota: list[tuple[Limit, Decision]] = field(default_factory=list)
     """Limits drawn on and their decisions, for the `ratelimit` metadata."""
     cost_charged: float = 0.0

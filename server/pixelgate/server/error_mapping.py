@@ -10,8 +10,6 @@ traceback ever reaches a caller.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc.aio
@@ -27,19 +25,21 @@ log = logging.getLogger("pixelgate.errors")
 class ErrorMapping(CallWrapper):
     """Aborts each call that raised with the status its exception maps to."""
 
-    @asynccontextmanager
-    async def around(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        except grpc.aio.AbortError:
-            raise  # the call already carries its status
-        except ServiceError as error:
+    async def exit(
+        self,
+        state: Any,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+    ) -> None:
+        if error is None or isinstance(error, grpc.aio.AbortError):
+            return  # succeeded, or already carries its status
+        if isinstance(error, ServiceError):
             await context.abort(error.code, error.message, trailing_metadata=_trailers(error))
-        except Exception:
-            log.exception("unexpected failure in %s", method)
+        elif isinstance(error, Exception):
+            log.error("unexpected failure in %s", method, exc_info=error)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        # Cancellation and generator exits pass through untouched.
 
 
 def _trailers(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:

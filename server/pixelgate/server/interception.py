@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
@@ -100,13 +100,24 @@ def wrap_handler(
 
 
 class CallWrapper(abc.ABC):
-    """A step that wraps the whole call (audit, error mapping): it sees how the call ends."""
+    """A step around the whole call (audit, error mapping): it sees how the call ends."""
+
+    def enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Called as the call starts; what it returns comes back to exit()."""
+        return None
 
     @abc.abstractmethod
-    def around(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AbstractAsyncContextManager[None]:
-        """The context a call of `method` runs in."""
+    async def exit(
+        self,
+        state: Any,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+    ) -> None:
+        """Called as the call ends, with what it raised (None: it succeeded).
+
+        Raising replaces the error (error mapping raises the abort).
+        """
 
 
 class CallGuard(abc.ABC):
@@ -157,17 +168,52 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _around(self, method: str) -> Around:
         wrappers = self._wrappers
         guards = tuple(guard for guard in self._guards if guard.applies_to(method))
+        return lambda context: _CallScope(wrappers, guards, method, context)
 
-        @asynccontextmanager
-        async def around(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-            async with AsyncExitStack() as stack:
-                for wrapper in wrappers:
-                    await stack.enter_async_context(wrapper.around(method, context))
-                for guard in guards:
-                    await guard.admit(method, context)
-                yield
 
-        return around
+class _CallScope:
+    """One call's run through the chain: wrappers entered, guards passed, wrappers exited.
+
+    Hand-written rather than contextlib-built: it runs for every call.
+    """
+
+    __slots__ = ("_context", "_guards", "_method", "_states", "_wrappers")
+
+    def __init__(
+        self,
+        wrappers: tuple[CallWrapper, ...],
+        guards: tuple[CallGuard, ...],
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self._wrappers = wrappers
+        self._guards = guards
+        self._method = method
+        self._context = context
+        self._states: list[Any] = []
+
+    async def __aenter__(self) -> None:
+        self._states = [wrapper.enter(self._method, self._context) for wrapper in self._wrappers]
+        try:
+            for guard in self._guards:
+                await guard.admit(self._method, self._context)
+        except BaseException as error:
+            await self._unwind(error)
+            raise
+
+    async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> bool:
+        await self._unwind(error)
+        return False
+
+    async def _unwind(self, error: BaseException | None) -> None:
+        current = error
+        for wrapper, state in zip(reversed(self._wrappers), reversed(self._states), strict=True):
+            try:
+                await wrapper.exit(state, self._method, self._context, current)
+            except BaseException as replacement:
+                current = replacement
+        if current is not error and current is not None:
+            raise current
 
 
 __all__ = [

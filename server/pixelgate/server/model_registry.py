@@ -95,6 +95,8 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
         self.default_model = default_model
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.version = 0
+        """Goes up with every state change (ListModels caches by it)."""
 
     @classmethod
     def from_settings(
@@ -153,6 +155,7 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
             model.error = _error_kind(error) if error is not None else ""
             model.pipeline_name = pipeline_name or model.pipeline_name
             model.dtype = dtype or model.dtype
+            self.version += 1
         if state in (ModelState.READY, ModelState.FAILED) and model._ready and self._loop:
             self._loop.call_soon_threadsafe(model._ready.set)
 

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pixelgate.server.errors import Unavailable
 
@@ -42,9 +42,8 @@ class Limit:
         return self.capacity / self.per_second
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of taking from a bucket."""
+class Decision(NamedTuple):
+    """The outcome of taking from a bucket (a tuple: made on every call, so cheap)."""
 
     allowed: bool
     remaining: float
@@ -54,10 +53,10 @@ class Decision:
     reset_after: float
     """Seconds until the bucket is full again."""
 
-    @classmethod
-    def unknown(cls, limit: Limit) -> Decision:
+    @staticmethod
+    def unknown(limit: Limit) -> Decision:
         """An allowed decision made without a backend (failing open)."""
-        return cls(allowed=True, remaining=limit.capacity, retry_after=0.0, reset_after=0.0)
+        return Decision(allowed=True, remaining=limit.capacity, retry_after=0.0, reset_after=0.0)
 
 
 class BackendUnavailable(Exception):

@@ -9,6 +9,7 @@ naming the limit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -21,12 +22,17 @@ from pixelgate.server.rate_limit import Decision, Limit, whole_seconds
 Metadata = list[tuple[str, str]]
 
 
-def policy_field(limits: Sequence[Limit]) -> str:
-    """`ratelimit-policy`: each limit's quota (q) and window in seconds (w)."""
+@functools.lru_cache(maxsize=64)
+def _policy_field(limits: tuple[Limit, ...]) -> str:
     return ", ".join(
         f'"{limit.name}";q={math.floor(limit.capacity)};w={math.ceil(limit.window_seconds)}'
         for limit in limits
     )
+
+
+def policy_field(limits: Sequence[Limit]) -> str:
+    """`ratelimit-policy`: each limit's quota (q) and window in seconds (w)."""
+    return _policy_field(tuple(limits))  # the same few limits every call: made once
 
 
 def status_field(entries: Sequence[tuple[Limit, Decision]]) -> str:

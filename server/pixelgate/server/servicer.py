@@ -54,6 +54,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._policy = policy
         self._quota = quota
         self._chunk_size = chunk_size
+        self._model_list: tuple[int, pb.ListModelsResponse] | None = None
 
     async def GenerateImage(
         self, request: pb.GenerateImageRequest, context: Context
@@ -124,12 +125,16 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         await send_quota_metadata(context)
-        return pb.ListModelsResponse(
-            models=[
-                _model_info(model, model.id == self._registry.default_model)
-                for model in self._registry.values()
-            ]
-        )
+        version = self._registry.version
+        if self._model_list is None or self._model_list[0] != version:
+            response = pb.ListModelsResponse(
+                models=[
+                    _model_info(model, model.id == self._registry.default_model)
+                    for model in self._registry.values()
+                ]
+            )
+            self._model_list = (version, response)
+        return self._model_list[1]
 
 
 def _record_request(generation: GenerationRequest) -> None:

@@ -1,0 +1,89 @@
+"""What the benchmarks share: a scratch PKI and config, a server process, a client.
+
+Rate limits are lifted (the benchmarks measure speed, not policy); everything
+else is the server as deployed, audit log included (written to a file).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pixelgate.client import PixelgateClient
+from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
+from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
+from pixelgate.dev.tokens import load_signing_key, mint_access_token
+
+UNLIMITED = 1e12
+
+
+def write_config(directory: Path, extra: str = "") -> tuple[Path, DevPkiFiles]:
+    """A dev PKI and a TOML config under `directory`; `extra` is appended to the TOML."""
+    files = write_dev_pki(directory / "pki")
+    config = directory / "bench.toml"
+    config.write_text(
+        f"""
+host = "127.0.0.1"
+port = 0
+cache_dir = "{directory / "cache"}"
+[tls]
+cert_file = "{files.server_cert}"
+key_file = "{files.server_key}"
+client_ca_file = "{files.ca_cert}"
+[rate_limit]
+requests_per_minute = {UNLIMITED}
+burst = {int(UNLIMITED)}
+gpu_cost_per_minute = {UNLIMITED}
+gpu_cost_burst = {UNLIMITED}
+max_concurrent_generations = 1000
+peer_requests_per_minute = {UNLIMITED}
+peer_burst = {int(UNLIMITED)}
+[[auth.issuers]]
+issuer = "{DEV_ISSUER}"
+audiences = ["{DEV_AUDIENCE}"]
+public_key_files = ["{files.verification_key}"]
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return config, files
+
+
+def start_server(
+    config: Path, command: Sequence[str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Starts a server process (default: `python -m pixelgate.server`); returns it, its port."""
+    argv = list(command or [sys.executable, "-m", "pixelgate.server"])
+    log = config.with_suffix(".log").open("w")
+    process = subprocess.Popen(
+        [*argv, "--config", str(config)], stdout=subprocess.PIPE, stderr=log, text=True
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("pixelgate: serving on port "):
+            return process, int(line.rsplit(" ", 1)[1])
+    raise RuntimeError(f"server exited before serving; see {log.name}")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """Stops a server process."""
+    process.terminate()
+    process.wait(30)
+
+
+def dev_token(files: DevPkiFiles, subject: str = "bench") -> str:
+    """An access token with every scope."""
+    return mint_access_token(load_signing_key(files.signing_key), subject=subject)
+
+
+def client(files: DevPkiFiles, port: int, subject: str = "bench") -> PixelgateClient:
+    """A Python client over mTLS with a dev token."""
+    return PixelgateClient(
+        f"127.0.0.1:{port}",
+        ca_file=files.ca_cert,
+        cert_file=files.client_cert,
+        key_file=files.client_key,
+        token=dev_token(files, subject),
+    )
