@@ -143,7 +143,7 @@ def test_models_lists_the_tiny_model(pixelgate):
     result = pixelgate("models")
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
-    assert line.startswith("tiny-sd-test (default) [test model]:")
+    assert line.startswith("tiny-sd-test (default) [test model] [ready]:")
 
 
 def test_health_prints_serving_without_a_token(pixelgate):

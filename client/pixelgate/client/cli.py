@@ -23,6 +23,7 @@ from pixelgate.client.errors import PixelgateError
 from pixelgate.client.images import GeneratedImage
 from pixelgate.client.oauth import ClientCredentials
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+from pixelgate.v1 import image_service_pb2 as pb
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -264,8 +265,11 @@ def _call_server(args: argparse.Namespace) -> int:
                 for model in client.list_models(timeout=args.timeout):
                     default = " (default)" if model.is_default else ""
                     test = " [test model]" if model.is_test_model else ""
+                    state = pb.ModelInfo.State.Name(model.state).removeprefix("STATE_").lower()
+                    failure = f" ({model.load_error})" if model.load_error else ""
                     print(
-                        f"{model.id}{default}{test}: {model.description}; "
+                        f"{model.id}{default}{test} [{state.replace('_', ' ')}{failure}]:"
+                        f" {model.description}; "
                         f"{model.min_size}..{model.max_width}x{model.max_height} px, "
                         f"default {model.default_width}x{model.default_height}, "
                         f"steps <= {model.max_steps} (default {model.default_steps})"

@@ -488,7 +488,9 @@ class GenerationEngine:
     def _standing(self, job: Job) -> tuple[int, float | None]:
         """Jobs that run before `job`, and the estimated seconds until it finishes."""
         order = self.queue.in_service_order()
-        ahead = order[: order.index(job)] if job in order else order
+        if job not in order:  # a worker has it already
+            return 0, self._duration(job)
+        ahead = order[: order.index(job)]
         now = time.monotonic()
         with self._lock:
             running = list(self._running.values())
