@@ -334,15 +334,6 @@ class GatedModel:
         return self._inner.run(batch, on_step)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Unavailable,
-    reason=(
-        "engine bug: a model that loads on one device but fails on another is READY, yet the"
-        " failing device's worker still takes its jobs (Worker.hosts is fixed at start) and"
-        " fails each with UNAVAILABLE after calling the loader again (Worker._runtime)"
-    ),
-)
 def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
     start_server, connect, mint, tiny_model
 ):
@@ -384,15 +375,6 @@ def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
         assert [e for e in stream if not isinstance(e, pb.Progress)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "app bug: start_server sets health from the first READY-or-FAILED event of the default"
-        " model (registry.wait_ready); a failure on one device, then READY on another, leaves"
-        " health NOT_SERVING for good while the model serves"
-    ),
-)
 def test_health_turns_serving_once_the_default_model_is_ready_on_any_device(
     start_server, connect, tiny_model
 ):

@@ -475,3 +475,16 @@ def test_a_request_predicted_to_exceed_the_memory_budget_is_refused_at_once(
     assert (image.width, image.height) == (256, 256)
     [image] = client.generate("a fox", steps=2, width=64, height=64)
     assert stats.jobs_started == 2
+
+
+def test_the_memory_guard_covers_a_model_not_loaded_yet(start_server, connect, tiny_model):
+    """A lazily loaded model is guarded from its first request (by its weights on disk)."""
+    mib = 1024 * 1024
+    budget_mb = tiny_model.weights_bytes / mib + 10
+    server = start_server(
+        models=[{"activation_mb_per_megapixel": 100.0, "preload": False}],
+        engine={"memory_budget_mb": budget_mb},
+    )
+    with pytest.raises(RateLimited, match="memory budget"):
+        connect(server).generate("a fox", steps=1, width=512, height=512)
+    assert server.running.engine.stats.jobs_started == 0

@@ -158,6 +158,7 @@ def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     paths = _output_paths(args.output, args.num_images)
+    filtered = 0
     # The bar shows on a terminal only, and is cleared when done: on failure the
     # one error line stays alone.
     bar = tqdm(
@@ -182,7 +183,10 @@ def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
             output_format=image_format,
             timeout=args.timeout,
         ):
-            if isinstance(event, GeneratedImage):
+            if isinstance(event, GeneratedImage) and event.filtered:
+                bar.write(f"image {event.index}: withheld by the server's safety policy")
+                filtered += 1
+            elif isinstance(event, GeneratedImage):
                 paths[event.index].write_bytes(event.data)
                 bar.write(
                     f"{paths[event.index]}: {event.width}x{event.height} {event.mime_type}, "
@@ -194,6 +198,12 @@ def _run_generate(client: PixelgateClient, args: argparse.Namespace) -> int:
                 bar.update(event.step - bar.n)
     finally:
         bar.close()
+    if filtered:
+        print(
+            f"pixelgate: {filtered} image(s) withheld by the server's safety policy",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return 0
 
 

@@ -1,7 +1,9 @@
 """Reassembling streamed images, so nothing truncated passes as complete.
 
 Chunks must arrive in order without gaps; an image counts only once its
-ImageComplete arrives and the bytes match its size and SHA-256.
+ImageComplete arrives and the bytes match its size and SHA-256. An image the
+server's safety policy filtered arrives as a GeneratedImage with
+`filtered=True` and no bytes: a policy outcome, not a transfer error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pixelgate.v1 import image_service_pb2 as pb
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One whole, verified image."""
+    """One whole, verified image (or, when `filtered`, the notice that it was withheld)."""
 
     index: int
     data: bytes
@@ -26,6 +28,8 @@ class GeneratedImage:
     seed: int
     model: str
     steps: int
+    filtered: bool = False
+    """The server's safety policy blocked the image; `data` is empty."""
 
 
 class ImageAssembler:
@@ -51,6 +55,23 @@ class ImageAssembler:
         data = bytes(self._buffers.pop(message.image_index, b""))
         if message.image_index in self._done:
             raise IncompleteImage(f"image {message.image_index}: completed twice")
+        filtered = message.finish_reason == pb.ImageComplete.FINISH_REASON_FILTERED
+        if filtered:
+            if data or message.size_bytes:
+                raise IncompleteImage(f"image {message.image_index}: filtered yet has bytes")
+            self._done.add(message.image_index)
+            return GeneratedImage(
+                index=message.image_index,
+                data=b"",
+                mime_type="",
+                width=0,
+                height=0,
+                sha256="",
+                seed=message.seed,
+                model=message.model,
+                steps=message.steps,
+                filtered=True,
+            )
         if len(data) != message.size_bytes:
             raise IncompleteImage(
                 f"image {message.image_index}: got {len(data)} bytes, expected {message.size_bytes}"

@@ -142,9 +142,12 @@ class RunningServer:
     engine: GenerationEngine
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     closers: list[Closer] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
+        for task in self.background:
+            task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.aclose()
@@ -280,14 +283,25 @@ async def start_server(
     log.info(
         "pixelgate listening on %s (mutual TLS); loading models", _address(settings.host, port)
     )
-    if await registry.wait_ready(registry.default_model):
+    default = registry.default_model
+
+    async def serving_once_ready() -> None:
+        await registry.wait_ready(default)
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("default model %s ready: serving", registry.default_model)
+        log.info("default model %s ready: serving", default)
+
+    if not registry[default].settings.preload:  # loads on first use: nothing to wait for
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return running
+    # Health turns SERVING whenever the default model becomes ready, on any worker.
+    serving = asyncio.create_task(serving_once_ready())
+    if await registry.wait_settled(default):
+        await serving
     else:
-        log.error(
-            "default model %s failed to load: health stays NOT_SERVING", registry.default_model
-        )
+        log.error("default model %s failed to load: health stays NOT_SERVING", default)
+        running.background.append(serving)
     return running
 
 

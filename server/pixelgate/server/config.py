@@ -273,7 +273,8 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """"auto" is float16 on CUDA and float32 on the CPU."""
     preload: bool = True
-    """Load at start-up; false loads on first use (that request waits)."""
+    """Load at start-up; false loads on first use (that request waits; a lazy default
+    model leaves health SERVING from the start)."""
     min_size: int = Field(default=64, ge=8)
     max_width: int = Field(default=512, ge=8)
     max_height: int = Field(default=512, ge=8)

@@ -41,7 +41,7 @@ from pixelgate.server.models import ModelLoader, ModelRuntime, PipelineBatch
 from pixelgate.server.previews import preview_jpeg
 from pixelgate.server.safety import CheckerFactory, NoChecker, OutputChecker, PromptDenylist
 from pixelgate.server.step_timing import Shape, StepTimer
-from pixelgate.server.work_queue import FairQueue, hosted_by
+from pixelgate.server.work_queue import FairQueue
 
 log = logging.getLogger("pixelgate.engine")
 
@@ -132,14 +132,19 @@ class Job:
 class Worker(threading.Thread):
     """Owns one device's pipelines and runs batches on them, one at a time."""
 
-    def __init__(self, engine: GenerationEngine, device: str) -> None:
-        super().__init__(name=f"pixelgate-worker-{device}", daemon=True)
+    def __init__(self, engine: GenerationEngine, device: str, index: int) -> None:
+        super().__init__(name=f"pixelgate-worker-{index}-{device}", daemon=True)
         self.device = device
+        self.key = f"{device}#{index}"
         self._engine = engine
         self._runtimes: dict[str, ModelRuntime] = {}
-        self._checker: OutputChecker | None = None
-        hosted = [model.id for model in engine.registry.hosted_on(device)]
-        self.hosts = hosted_by(hosted)
+        self._checker: OutputChecker | Exception | None = None
+        self._hosted = {model.id for model in engine.registry.hosted_on(device)}
+        self._failed: set[str] = set()
+
+    def hosts(self, model_id: str) -> bool:
+        """True for the models this worker holds, or will load, and has not failed to."""
+        return model_id in self._hosted and model_id not in self._failed
 
     def run(self) -> None:
         engine = self._engine
@@ -162,6 +167,10 @@ class Worker(threading.Thread):
             engine.dispatched(batch, self)
             try:
                 self._run(batch)
+            except Exception as error:  # never let one batch end the worker
+                log.exception("batch failed on %s", self.device)
+                for job in batch:
+                    engine.finish(job, error=error)
             finally:
                 engine.batch_done(self)
 
@@ -170,7 +179,7 @@ class Worker(threading.Thread):
         if runtime is not None:
             return runtime
         engine = self._engine
-        engine.registry.set_state(model.id, ModelState.LOADING)
+        engine.registry.set_state(model.id, self.key, ModelState.LOADING)
         try:
             runtime = engine.loader(model.settings, self.device)
             engine.memory.describe_model(
@@ -182,11 +191,15 @@ class Worker(threading.Thread):
                 self._warm_up(model, runtime)
         except Exception as error:
             log.exception("model %s failed to load on %s", model.id, self.device)
-            engine.registry.set_state(model.id, ModelState.FAILED, error=error)
+            self._failed.add(model.id)  # other workers may still hold it
+            overall = engine.registry.set_state(model.id, self.key, ModelState.FAILED, error=error)
+            if overall is ModelState.FAILED:
+                engine.fail_waiting(model.id)
             raise Unavailable(f"model {model.id} failed to load") from None
         self._runtimes[model.id] = runtime
         engine.registry.set_state(
             model.id,
+            self.key,
             ModelState.READY,
             pipeline_name=getattr(runtime, "pipeline_name", ""),
             dtype=getattr(runtime, "dtype", ""),
@@ -215,7 +228,13 @@ class Worker(threading.Thread):
 
     def _output_checker(self) -> OutputChecker:
         if self._checker is None:
-            self._checker = self._engine.checker_factory(self.device)
+            try:
+                self._checker = self._engine.checker_factory(self.device)
+            except Exception as error:  # remembered: no reload attempt per image
+                log.exception("the output checker failed to load on %s", self.device)
+                self._checker = error
+        if isinstance(self._checker, Exception):
+            raise Unavailable("the image safety check is unavailable") from None
         return self._checker
 
     def _run(self, jobs: Sequence[Job]) -> None:
@@ -232,8 +251,12 @@ class Worker(threading.Thread):
         try:
             runtime = self._runtime(engine.registry[request.model_id])
         except Unavailable as error:
-            for job in members:
-                engine.finish(job, error=error)
+            if engine.registry[request.model_id].state is ModelState.FAILED:
+                for job in members:
+                    engine.finish(job, error=error)
+            else:  # another worker holds (or may load) it: the jobs wait for that one
+                for job in reversed(members):
+                    engine.queue.put(job, front=True)
             return
         engine.count(jobs_started=len(members), batches_run=1)
         offsets, position = {}, 0
@@ -301,7 +324,15 @@ class Worker(threading.Thread):
         if job.cancelled:
             engine.finish(job, cancelled=True)
             return
-        flags = self._output_checker().flagged(images)
+        try:
+            flags = self._output_checker().flagged(images)
+        except Unavailable as error:
+            engine.finish(job, error=error)  # never an unchecked image
+            return
+        except Exception:
+            log.exception("the output checker failed on %s", self.device)
+            engine.finish(job, error=Unavailable("the image safety check failed"))
+            return
         for index, (seed, image, flagged) in enumerate(
             zip(job.request.seeds, images, flags, strict=True)
         ):
@@ -378,7 +409,13 @@ class GenerationEngine:
     async def start(self) -> None:
         """Starts one worker per device; preloaded models begin loading."""
         self.registry.bind_loop(asyncio.get_running_loop())
-        self._workers = [Worker(self, device) for device in self._devices]
+        for model in self.registry.values():  # until loaded: the weights on disk
+            self.memory.describe_model(
+                model.id,
+                model.weights_estimate,
+                model.settings.activation_mb_per_megapixel * 1024 * 1024,
+            )
+        self._workers = [Worker(self, device, i) for i, device in enumerate(self._devices)]
         for worker in self._workers:
             worker.start()
 
@@ -434,6 +471,12 @@ class GenerationEngine:
         for index, seed in enumerate(job.request.seeds):
             job.emit(GeneratedImage(index=index, seed=seed, steps=0, image=None))
         job.emit(_End())
+
+    def fail_waiting(self, model_id: str) -> None:
+        """Ends every waiting job for a model no worker can hold any more."""
+        error = Unavailable(f"model {model_id} failed to load")
+        for job in self.queue.remove_where(lambda job: job.model_id == model_id):
+            self.finish(job, error=error)
 
     def count(self, **increments: int) -> None:
         """Adds to the stats (workers and the loop both count)."""

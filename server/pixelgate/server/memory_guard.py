@@ -28,7 +28,7 @@ class MemoryGuard:
     def describe_model(self, model_id: str, weights_bytes: int, bytes_per_megapixel: float) -> None:
         """Sets what a model needs: its weights, and a starting activation estimate."""
         with self._lock:
-            self._weights[model_id] = max(weights_bytes, self._weights.get(model_id, 0))
+            self._weights[model_id] = weights_bytes
             known = self._per_megapixel.get(model_id, 0.0)
             self._per_megapixel[model_id] = max(known, bytes_per_megapixel)
 

@@ -3,8 +3,10 @@
 Built once at start-up from the settings. Each model has a card (its request
 bounds), a tokenizer of its own for validation, the devices that host it, and
 a state that the workers move along: not loaded (lazy), loading, ready, or
-failed with the kind of error (details stay in the server log). A model that
-fails to load is reported; the others serve.
+failed with the kind of error (details stay in the server log). Each worker
+reports for itself; a model is ready once any worker holds it, and failed
+only once every worker that should hold it has failed. A model that fails to
+load is reported; the others serve.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import torch
 
 from pixelgate.server.config import ConfigError, EngineSettings, ModelSettings
 from pixelgate.server.errors import Unavailable
-from pixelgate.server.models import ModelCard, PromptTokenizer, load_tokenizer
+from pixelgate.server.models import (
+    ModelCard,
+    PromptTokenizer,
+    load_tokenizer,
+    resolve_source,
+    weights_on_disk,
+)
 
 
 class ModelState(enum.Enum):
@@ -69,7 +77,11 @@ class RegisteredModel:
     error: str = ""
     pipeline_name: str = ""
     dtype: str = ""
+    weights_estimate: int = 0
+    """Bytes of weights on disk: the memory guard's figure until the model loads."""
+    by_worker: dict[str, ModelState] = field(default_factory=dict, repr=False)
     _ready: asyncio.Event | None = field(default=None, repr=False)
+    _settled: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -79,6 +91,17 @@ class RegisteredModel:
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in the text encoder (0 without a tokenizer)."""
         return self.tokenizer.count(text) if self.tokenizer is not None else 0
+
+
+def _overall(model: RegisteredModel) -> ModelState:
+    states = list(model.by_worker.values())
+    if ModelState.READY in states:
+        return ModelState.READY
+    if ModelState.LOADING in states:
+        return ModelState.LOADING
+    if states.count(ModelState.FAILED) >= len(model.devices):
+        return ModelState.FAILED
+    return ModelState.NOT_LOADED
 
 
 def _error_kind(error: BaseException) -> str:
@@ -112,7 +135,13 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
             tokenizer = load_tokenizer(settings, cache_dir)
             card = ModelCard.of(settings, tokenizer.max_tokens if tokenizer else None)
             registered.append(
-                RegisteredModel(settings, card, hosting_devices(settings, devices), tokenizer)
+                RegisteredModel(
+                    settings,
+                    card,
+                    hosting_devices(settings, devices),
+                    tokenizer,
+                    weights_estimate=weights_on_disk(resolve_source(settings, cache_dir)),
+                )
             )
         return cls(registered, default_model)
 
@@ -130,8 +159,11 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
         self._loop = loop
         for model in self._models.values():
             model._ready = asyncio.Event()
-            if model.state in (ModelState.READY, ModelState.FAILED):
+            model._settled = asyncio.Event()
+            if model.state is ModelState.READY:
                 model._ready.set()
+            if model.state in (ModelState.READY, ModelState.FAILED):
+                model._settled.set()
 
     def hosted_on(self, device: str) -> list[RegisteredModel]:
         """The models a device's worker holds."""
@@ -140,24 +172,32 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
     def set_state(
         self,
         model_id: str,
+        worker: str,
         state: ModelState,
         *,
         error: BaseException | None = None,
         pipeline_name: str = "",
         dtype: str = "",
-    ) -> None:
-        """Called by workers as loading progresses."""
+    ) -> ModelState:
+        """Called by a worker as its loading progresses; returns the model's overall state."""
         with self._lock:
             model = self._models[model_id]
-            if model.state is ModelState.READY and state is not ModelState.READY:
-                return  # another device already serves it
-            model.state = state
-            model.error = _error_kind(error) if error is not None else ""
+            model.by_worker[worker] = state
+            model.state = _overall(model)
+            if error is not None:
+                model.error = _error_kind(error)  # kept for ListModels until a worker succeeds
+            if model.state is ModelState.READY:
+                model.error = ""
             model.pipeline_name = pipeline_name or model.pipeline_name
             model.dtype = dtype or model.dtype
             self.version += 1
-        if state in (ModelState.READY, ModelState.FAILED) and model._ready and self._loop:
-            self._loop.call_soon_threadsafe(model._ready.set)
+            overall = model.state
+        if self._loop is not None:
+            if overall is ModelState.READY and model._ready is not None:
+                self._loop.call_soon_threadsafe(model._ready.set)
+            if overall in (ModelState.READY, ModelState.FAILED) and model._settled is not None:
+                self._loop.call_soon_threadsafe(model._settled.set)
+        return overall
 
     def check_servable(self, model_id: str) -> None:
         """UNAVAILABLE for a model that failed to load."""
@@ -165,13 +205,20 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
         if model.state is ModelState.FAILED:
             raise Unavailable(f"model {model_id} failed to load ({model.error})")
 
-    async def wait_ready(self, model_id: str) -> bool:
-        """Waits until the model is ready (True) or has failed (False)."""
+    async def wait_settled(self, model_id: str) -> bool:
+        """Waits until the model is ready (True) or has failed everywhere (False)."""
+        model = self._models[model_id]
+        if model._settled is None:
+            raise RuntimeError("bind_loop() first")
+        await model._settled.wait()
+        return model.state is ModelState.READY
+
+    async def wait_ready(self, model_id: str) -> None:
+        """Waits until any worker holds the model, however long that takes."""
         model = self._models[model_id]
         if model._ready is None:
             raise RuntimeError("bind_loop() first")
         await model._ready.wait()
-        return model.state is ModelState.READY
 
 
 __all__ = [

@@ -209,6 +209,18 @@ def load_model(settings: ModelSettings, device: str, cache_dir: Path) -> Diffuse
     return DiffusersModel(pipeline, device, settings)
 
 
+def weights_on_disk(source: str) -> int:
+    """Bytes of weight files in a local model directory (0 for a hub id): an estimate."""
+    root = Path(source)
+    if not root.is_dir():
+        return 0
+    return sum(
+        path.stat().st_size
+        for pattern in ("*.safetensors", "*.bin")
+        for path in root.rglob(pattern)
+    )
+
+
 class PromptTokenizer:
     """Counts prompt tokens for validation; used on the event loop thread only."""
 
@@ -252,4 +264,5 @@ __all__ = [
     "load_tokenizer",
     "resolve_dtype",
     "resolve_source",
+    "weights_on_disk",
 ]

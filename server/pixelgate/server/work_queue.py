@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 
@@ -72,6 +72,14 @@ class FairQueue(Generic[J]):
             if not line:
                 del self._lines[job.caller]
             return True
+
+    def remove_where(self, predicate: Callable[[J], bool]) -> list[J]:
+        """Removes and returns every waiting job `predicate` picks."""
+        with self._condition:
+            removed = [job for line in self._lines.values() for job in line if predicate(job)]
+            for job in removed:
+                self._remove(job)
+            return removed
 
     def in_service_order(self) -> list[J]:
         """Every waiting job, in the order round-robin would start them one by one."""
@@ -196,10 +204,4 @@ class FairQueue(Generic[J]):
             del self._lines[job.caller]
 
 
-def hosted_by(models: Collection[str]) -> Callable[[str], bool]:
-    """A `hosted` predicate for a worker holding `models`."""
-    names = frozenset(models)
-    return names.__contains__
-
-
-__all__ = ["FairQueue", "QueuedJob", "hosted_by"]
+__all__ = ["FairQueue", "QueuedJob"]
