@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from support import (
     EventLoopThread,
@@ -17,6 +18,7 @@ from support import (
 )
 
 from pixelgate.client import PixelgateClient
+from pixelgate.client.credentials import channel_credentials
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
 from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token
 from pixelgate.server.config import ModelSettings
@@ -131,3 +133,23 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session Redis's URL, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def channel(pki: DevPkiFiles, mint: Callable[..., str]) -> Iterator[Callable[..., grpc.Channel]]:
+    """Opens raw mTLS channels to a server, with a token (default: every scope) or none."""
+    opened: list[grpc.Channel] = []
+
+    def _open(server: ServerUnderTest, token: str | None = "default") -> grpc.Channel:
+        credentials = channel_credentials(
+            ca_file=pki.ca_cert,
+            cert_file=pki.client_cert,
+            key_file=pki.client_key,
+            token=mint() if token == "default" else token,
+        )
+        opened.append(grpc.secure_channel(server.target, credentials))
+        return opened[-1]
+
+    yield _open
+    for each in opened:
+        each.close()

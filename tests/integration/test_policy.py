@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
@@ -13,7 +11,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from pixelgate.client import InvalidArgument, PermissionDenied
-from pixelgate.client.credentials import channel_credentials
 from pixelgate.dev.tokens import ALL_SCOPES
 from pixelgate.server.config import ConfigError
 from pixelgate.v1 import image_service_pb2 as pb
@@ -34,26 +31,6 @@ FREE_TIER = {
 
 TOKENLESS_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 """The explicit list of services that answer without an access token."""
-
-
-@pytest.fixture
-def channel(pki, mint) -> Iterator[Callable[..., grpc.Channel]]:
-    """Opens raw mTLS channels to a server, with a token (default: every scope) or none."""
-    opened: list[grpc.Channel] = []
-
-    def _open(server, token: str | None = "default") -> grpc.Channel:
-        credentials = channel_credentials(
-            ca_file=pki.ca_cert,
-            cert_file=pki.client_cert,
-            key_file=pki.client_key,
-            token=mint() if token == "default" else token,
-        )
-        opened.append(grpc.secure_channel(server.target, credentials))
-        return opened[-1]
-
-    yield _open
-    for ch in opened:
-        ch.close()
 
 
 # --- per-caller policy rules ---------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -20,33 +20,12 @@ from pixelgate.client import (
     Unauthenticated,
     Unavailable,
 )
-from pixelgate.client.credentials import channel_credentials
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 TIMEOUT = 10.0
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def channel(pki, mint) -> Iterator[Callable[..., grpc.Channel]]:
-    """Opens raw mTLS channels to a server, with a token (default: every scope) or none."""
-    opened: list[grpc.Channel] = []
-
-    def _open(server, token: str | None = "default") -> grpc.Channel:
-        credentials = channel_credentials(
-            ca_file=pki.ca_cert,
-            cert_file=pki.client_cert,
-            key_file=pki.client_key,
-            token=mint() if token == "default" else token,
-        )
-        opened.append(grpc.secure_channel(server.target, credentials))
-        return opened[-1]
-
-    yield _open
-    for ch in opened:
-        ch.close()
 
 
 def _metadata(pairs) -> dict[str, str | bytes]:
