@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -173,3 +173,52 @@ class RedisServer:
         """Stops the server."""
         self._process.terminate()
         self._process.wait(10)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Polls `condition` until it returns something truthy, which it returns; fails at timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in time: {what}")
+        time.sleep(0.01)
+    return result
+
+
+WARM_UP = ("warm-up",)
+"""The prompts of the engine's warm-up call."""
+
+
+class GatedModel:
+    """Wraps a loaded runtime: records each real call's seeds; calls wait while `gate` is clear."""
+
+    def __init__(self, inner: Any, after_step: Callable[[int], None] | None = None) -> None:
+        import threading
+
+        self._inner = inner
+        self._after_step = after_step
+        self.device = inner.device
+        self.weights_bytes = inner.weights_bytes
+        self.latent_channels = inner.latent_channels
+        self.pipeline_name = inner.pipeline_name
+        self.dtype = inner.dtype
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[tuple[int, ...]] = []
+
+    def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> Any:
+        """Runs the wrapped model; the warm-up call passes straight through."""
+        if batch.prompts == WARM_UP:
+            return self._inner.run(batch, on_step)
+        self.calls.append(batch.seeds)
+        self.gate.wait(30)
+        after = self._after_step
+
+        def step(index: int, total: int, latents: Any) -> None:
+            on_step(index, total, latents)
+            if after is not None:
+                after(index)
+
+        return self._inner.run(batch, step)

@@ -5,17 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import wait_for
 
 from pixelgate.client import DeadlineExceeded, RateLimited
 from pixelgate.v1 import image_service_pb2 as pb
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_cancelling_mid_stream_stops_the_pipeline(server, connect):
@@ -28,7 +21,7 @@ def test_cancelling_mid_stream_stops_the_pipeline(server, connect):
             break
     stream.close()  # cancels the call
 
-    _wait_for(lambda: stats.jobs_cancelled == 1)
+    wait_for(lambda: stats.jobs_cancelled == 1)
     assert stats.steps_run < 20
     assert stats.jobs_completed == 0
     [image] = client.generate("a fox", steps=2)  # the worker is free again
@@ -51,7 +44,7 @@ def test_an_expired_deadline_stops_the_pipeline(start_server, connect):
     stats = server.running.engine.stats
     with pytest.raises(DeadlineExceeded):
         connect(server).generate("a fox", steps=100, timeout=0.5)
-    _wait_for(lambda: stats.jobs_cancelled == 1)
+    wait_for(lambda: stats.jobs_cancelled == 1)
     assert stats.jobs_started == 1
     assert stats.steps_run < 100
 
@@ -69,7 +62,7 @@ def test_a_job_cancelled_while_queued_never_runs(server, connect):
     assert first_event.queue_position == 1
     queued.close()
     running.close()
-    _wait_for(lambda: stats.jobs_cancelled == 2)
+    wait_for(lambda: stats.jobs_cancelled == 2)
     assert stats.jobs_started == 1
 
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import GatedModel, wait_for
 
 from pixelgate.client import Unavailable
 from pixelgate.server.models import load_model
@@ -20,15 +21,6 @@ from pixelgate.v1 import image_service_pb2 as pb
 READY = pb.ModelInfo.STATE_READY
 FAILED = pb.ModelInfo.STATE_FAILED
 SECRET_PATH = "/srv/secret-weights/broken.safetensors"
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time: {what}")
-        time.sleep(0.02)
-    return result
 
 
 class TaggedModel:
@@ -105,7 +97,7 @@ def test_list_models_reports_every_configured_model_and_requests_reach_the_named
         engine={"devices": ["cpu"]},
     )
     client = connect(server)
-    models = _wait_for(_states(client, tiny_a=READY, tiny_b=READY), what="both models ready")
+    models = wait_for(_states(client, tiny_a=READY, tiny_b=READY), what="both models ready")
 
     assert list(models) == ["tiny-a", "tiny-b"]
     a, b = models["tiny-a"], models["tiny-b"]
@@ -136,7 +128,7 @@ def test_a_model_that_fails_to_load_is_reported_and_refused_while_the_others_ser
     loader = RecordingLoader(tiny_model, broken=frozenset({"broken"}))
     server = start_server(loader=loader, models=[{"id": "tiny-a"}, {"id": "broken"}])
     client = connect(server)
-    models = _wait_for(_states(client, tiny_a=READY, broken=FAILED), what="broken failed")
+    models = wait_for(_states(client, tiny_a=READY, broken=FAILED), what="broken failed")
 
     broken = models["broken"]
     assert "FileNotFoundError" in broken.load_error
@@ -225,7 +217,7 @@ def test_health_is_not_serving_until_the_default_model_is_ready(
                     return int(found.group(1))
             return None
 
-        port = _wait_for(listening_port, what="the server listening")
+        port = wait_for(listening_port, what="the server listening")
         client = connect(SimpleNamespace(target=f"127.0.0.1:{port}"))
         assert client.health() == "NOT_SERVING"
         assert client.health("pixelgate.v1.ImageService") == "NOT_SERVING"
@@ -254,7 +246,7 @@ def test_a_default_model_that_fails_leaves_health_not_serving_while_others_serve
     loader = RecordingLoader(tiny_model, broken=frozenset({"broken-default"}))
     server = start_server(loader=loader, models=[{"id": "broken-default"}, {"id": "tiny-b"}])
     client = connect(server)
-    models = _wait_for(_states(client, broken_default=FAILED, tiny_b=READY), what="loads done")
+    models = wait_for(_states(client, broken_default=FAILED, tiny_b=READY), what="loads done")
     assert models["broken-default"].is_default
     assert "FileNotFoundError" in models["broken-default"].load_error
     assert client.health() == "NOT_SERVING"
@@ -289,7 +281,7 @@ def test_pipeline_and_scheduler_configured_by_name(start_server, connect, model_
         ],
     )
     client = connect(server)
-    models = _wait_for(
+    models = wait_for(
         _states(
             client,
             tiny_ddim=READY,
@@ -313,27 +305,6 @@ def test_pipeline_and_scheduler_configured_by_name(start_server, connect, model_
         client.generate("a fox", model="tiny-bad-scheduler", steps=2)
 
 
-class GatedModel:
-    """Wraps a loaded runtime; its first real pipeline call waits for `gate`."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.device = inner.device
-        self.weights_bytes = inner.weights_bytes
-        self.latent_channels = inner.latent_channels
-        self.pipeline_name = inner.pipeline_name
-        self.dtype = inner.dtype
-        self.gate = threading.Event()
-        self.gate.set()
-        self.calls = 0
-
-    def run(self, batch: Any, on_step: Any) -> Any:
-        if batch.prompts != ("warm-up",):
-            self.calls += 1
-            self.gate.wait(30)
-        return self._inner.run(batch, on_step)
-
-
 def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
     start_server, connect, mint, tiny_model
 ):
@@ -354,7 +325,7 @@ def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
     stats = server.running.engine.stats
     alice = connect(server, token=mint(subject="alice"))
     bob = connect(server, token=mint(subject="bob"))
-    [model] = _wait_for(
+    [model] = wait_for(
         lambda: [m for m in alice.list_models() if m.state == READY], what="the model ready"
     )
     assert model.load_error == ""
@@ -363,7 +334,7 @@ def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
     try:
         first = alice.stream("a fox", steps=2, seed=1)
         next(first)
-        _wait_for(lambda: good.calls or stats.jobs_failed, what="the first job taken")
+        wait_for(lambda: good.calls or stats.jobs_failed, what="the first job taken")
         second = bob.stream("a bird", steps=2, seed=2)
         next(second)
         deadline = time.monotonic() + 2
@@ -393,7 +364,7 @@ def test_health_turns_serving_once_the_default_model_is_ready_on_any_device(
 
     server = start_server(loader=loader, engine={"devices": ["cpu", "cpu"]})
     client = connect(server)
-    _wait_for(lambda: _models(client)["tiny-sd-test"].state == READY, what="the model ready")
+    wait_for(lambda: _models(client)["tiny-sd-test"].state == READY, what="the model ready")
     [image] = client.generate("a fox", steps=2)
     assert image.steps == 2
-    _wait_for(lambda: client.health() == "SERVING", timeout=3, what="health SERVING")
+    wait_for(lambda: client.health() == "SERVING", timeout=3, what="health SERVING")

@@ -13,20 +13,10 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from support import WARM_UP, GatedModel, wait_for
 
 from pixelgate.client import GeneratedImage, RateLimited
 from pixelgate.v1 import image_service_pb2 as pb
-
-WARM_UP = ("warm-up",)
-"""The prompts of the engine's warm-up call."""
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time: {what}")
-        time.sleep(0.01)
 
 
 def _seed_colour(seed: int) -> tuple[int, int, int]:
@@ -72,36 +62,6 @@ class FakeRuntime:
         ]
 
 
-class GatedModel:
-    """Wraps a real runtime: records each call's seeds; the first call waits for `gate`."""
-
-    def __init__(self, inner: Any, after_step: Callable[[int], None] | None = None) -> None:
-        self._inner = inner
-        self._after_step = after_step
-        self.device = inner.device
-        self.weights_bytes = inner.weights_bytes
-        self.latent_channels = inner.latent_channels
-        self.pipeline_name = inner.pipeline_name
-        self.dtype = inner.dtype
-        self.gate = threading.Event()
-        self.gate.set()
-        self.calls: list[tuple[int, ...]] = []
-
-    def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> list[Image.Image]:
-        if batch.prompts == WARM_UP:
-            return self._inner.run(batch, on_step)
-        self.calls.append(batch.seeds)
-        self.gate.wait(30)
-        after = self._after_step
-
-        def step(index: int, total: int, latents: Any) -> None:
-            on_step(index, total, latents)
-            if after is not None:
-                after(index)
-
-        return self._inner.run(batch, step)
-
-
 def _callers(server, connect, mint, count: int) -> list[Any]:
     return [connect(server, token=mint(subject=f"caller-{i}")) for i in range(count)]
 
@@ -113,7 +73,7 @@ def _wait_until_queued(engine, count: int) -> None:
         order = engine.queue.in_service_order()
         return len(order) == count and not any(job.held for job in order)
 
-    _wait_for(settled, what=f"{count} released jobs in the queue")
+    wait_for(settled, what=f"{count} released jobs in the queue")
 
 
 def _drain(streams: Sequence[Iterator[Any]]) -> list[list[Any]]:
@@ -167,7 +127,7 @@ def test_one_callers_burst_does_not_starve_another_callers_single_job(start_serv
     try:
         alice_streams = [alice.stream("a fox", steps=2, seed=100 + i) for i in range(6)]
         next(alice_streams[0])  # queued; the worker takes it and waits at the gate
-        _wait_for(lambda: len(fake.calls) == 1, what="alice's first job started")
+        wait_for(lambda: len(fake.calls) == 1, what="alice's first job started")
         for stream in alice_streams[1:]:
             assert next(stream).state == pb.Progress.STATE_QUEUED
         bob_stream = bob.stream("a bird", steps=2, seed=200)
@@ -206,7 +166,7 @@ def test_queued_callers_see_their_position_count_down_with_an_eta(start_server, 
     try:
         running = first.stream("first", steps=3, seed=1)
         next(running)
-        _wait_for(lambda: len(fake.calls) == 1, what="the first job started")
+        wait_for(lambda: len(fake.calls) == 1, what="the first job started")
         streams = [client.stream("later", steps=3, seed=10 + i) for i, client in enumerate(waiting)]
         heads = [next(stream) for stream in streams]
         _wait_until_queued(server.running.engine, 3)
@@ -237,7 +197,7 @@ def test_compatible_requests_from_different_callers_run_as_one_batch(
     try:
         long_job = busy.stream("occupies the worker", steps=2, width=128, seed=1)
         next(long_job)
-        _wait_for(lambda: len(gated.calls) == 1, what="the long job started")
+        wait_for(lambda: len(gated.calls) == 1, what="the long job started")
         streams = [
             client.stream(f"prompt {seed}", steps=3, seed=seed, num_images=images)
             for client, (seed, images) in zip(callers, requests, strict=True)
@@ -248,7 +208,7 @@ def test_compatible_requests_from_different_callers_run_as_one_batch(
         gated.gate.set()
     rests = _drain([long_job, *streams])
 
-    _wait_for(lambda: stats.jobs_completed == 5, what="every job counted")
+    wait_for(lambda: stats.jobs_completed == 5, what="every job counted")
     assert stats.batches_run == 2
     assert len(gated.calls) == 2
     assert sorted(gated.calls[1]) == [10, 20, 21, 30, 40]
@@ -276,7 +236,7 @@ def test_batched_images_match_the_same_seeds_generated_alone(
     try:
         blocker = busy.stream("occupies the worker", steps=1, seed=1)
         next(blocker)
-        _wait_for(lambda: len(gated.calls) == 1, what="the first job started")
+        wait_for(lambda: len(gated.calls) == 1, what="the first job started")
         streams = [
             fox.stream("a red fox", steps=3, seed=500),
             bird.stream("a blue bird", steps=3, seed=600, num_images=2),
@@ -318,7 +278,7 @@ def test_a_cancelled_batch_member_does_not_disturb_the_others(
     try:
         blocker = busy.stream("occupies the worker", steps=1, seed=1)
         next(blocker)
-        _wait_for(lambda: len(gated.calls) == 1, what="the first job started")
+        wait_for(lambda: len(gated.calls) == 1, what="the first job started")
         leaver, *stayers = [
             client.stream("a lighthouse", steps=30, seed=seed)
             for client, seed in zip(callers, (11, 22, 33), strict=True)
@@ -335,13 +295,13 @@ def test_a_cancelled_batch_member_does_not_disturb_the_others(
     leaver.close()  # cancels the call
     results = _drain(stayers)
 
-    _wait_for(lambda: stats.jobs_cancelled == 1, what="the leaver's job cancelled")
+    wait_for(lambda: stats.jobs_cancelled == 1, what="the leaver's job cancelled")
     assert sorted(gated.calls[1]) == [11, 22, 33]
     for events, seed in zip(results, (22, 33), strict=True):
         assert _running_steps(events) == list(range(1, 31))
         [image] = _images(events)
         assert (image.seed, image.steps) == (seed, 30)
-    _wait_for(lambda: stats.jobs_completed == 3, what="the others completed")
+    wait_for(lambda: stats.jobs_completed == 3, what="the others completed")
     assert stats.jobs_failed == 0
     assert stats.batches_run == 2
 
@@ -402,7 +362,7 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_job_at_a_time(start_serv
     try:
         blocker = busy.stream("occupies the worker", steps=1, seed=1)
         next(blocker)
-        _wait_for(lambda: len(fake.calls) == 1, what="the first job started")
+        wait_for(lambda: len(fake.calls) == 1, what="the first job started")
         streams = [
             client.stream("a fox", steps=2, seed=seed)
             for client, seed in zip(callers, (7, 8, 9), strict=True)
@@ -420,7 +380,7 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_job_at_a_time(start_serv
         [image] = _images(events)
         assert image.seed == seed
         assert _centre_colour(image) == _seed_colour(seed)  # its own picture, not a neighbour's
-    _wait_for(lambda: stats.jobs_completed == 4, what="every job completed")
+    wait_for(lambda: stats.jobs_completed == 4, what="every job completed")
     assert stats.jobs_failed == 0
 
 

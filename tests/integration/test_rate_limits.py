@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from support import RedisServer
+from support import RedisServer, wait_for
 
 from pixelgate.client import (
     PixelgateClient,
@@ -56,14 +55,6 @@ def _generate_call(ch: grpc.Channel, **fields) -> grpc.Call:
     return pb_grpc.ImageServiceStub(ch).GenerateImage(
         pb.GenerateImageRequest(**fields), timeout=TIMEOUT
     )
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # --- per-caller request rate -------------------------------------------------------
@@ -221,7 +212,7 @@ def test_a_cancelled_job_refunds_the_gpu_cost_of_the_steps_it_never_ran(start_se
         next(client.stream("again", steps=80, seed=2))
     assert refused.value.retry_after is not None and refused.value.retry_after > 3600
     first.close()
-    _wait_for(lambda: stats.jobs_cancelled == 1)
+    wait_for(lambda: stats.jobs_cancelled == 1)
     # 80 steps (1.25 units) fit in the refund while at most 20 of the 100 steps were charged.
     assert stats.steps_run <= 20, f"the cancel landed only after {stats.steps_run} steps"
 
