@@ -74,12 +74,18 @@ def start_server(
     model_cache: Path,
     tiny_model: ModelRuntime,
     event_loop_thread: EventLoopThread,
+    tmp_path: Path,
 ) -> Iterator[Callable[..., ServerUnderTest]]:
-    """Starts real servers over mTLS on free loopback ports; stops them after the test."""
+    """Starts real servers over mTLS on free loopback ports; stops them after the test.
+
+    Each writes its audit lines to a file of its own (`server.audit_entries()`).
+    """
     started: list[ServerUnderTest] = []
 
     def _start(model: Any = None, loader: Any = None, **overrides: Any) -> ServerUnderTest:
         """`model` replaces the tiny model (a copy per server); `loader` replaces loading."""
+        audit_file = tmp_path / f"audit-{len(started)}.jsonl"
+        overrides.setdefault("audit", {"destination": str(audit_file)})
         server = start(
             settings_for(pki, model_cache, **overrides),
             loader or copying_loader(model or tiny_model),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -99,6 +100,20 @@ class ServerUnderTest:
     def stop(self, grace: float | None = 0) -> None:
         """Stops the server (health NOT_SERVING, calls refused, in-flight get `grace`)."""
         self.loop.run(self.running.stop(grace))
+
+    def audit_entries(self, expected: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The audit lines written so far, waiting up to `timeout` for `expected` of them.
+
+        A call's line is written just after the call ends, in the next batch.
+        """
+        path = Path(self.settings.audit.destination)
+
+        def entries() -> list[dict[str, Any]]:
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            return [json.loads(line) for line in text.splitlines()]
+
+        wait_for(lambda: len(entries()) >= expected, timeout, f"{expected} audit lines")
+        return entries()
 
 
 def copying_loader(model: ModelRuntime) -> ModelLoader:

@@ -60,6 +60,26 @@ def test_a_token_without_the_scope_is_permission_denied(server, connect, mint):
         connect(server, token=mint(scopes=["images:generate"])).list_models()
 
 
+def test_concurrent_callers_are_each_judged_by_their_own_token(server, connect, mint):
+    """Calls in flight together never borrow each other's token: each is judged by its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    allowed = connect(server, token=mint(subject="reader", scopes=["models:read"]))
+    refused = connect(server, token=mint(subject="writer", scopes=["images:generate"]))
+
+    def list_as(client) -> str:
+        try:
+            client.list_models()
+        except PermissionDenied:
+            return "denied"
+        return "ok"
+
+    clients = [allowed, refused] * 40
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(list_as, clients))
+    assert outcomes == ["ok", "denied"] * 40
+
+
 def test_over_the_rate_is_resource_exhausted_with_retry_after(start_server, connect, mint):
     """A caller over its bucket gets RESOURCE_EXHAUSTED and when to retry; others are unaffected."""
     server = start_server(rate_limit={"requests_per_minute": 1, "burst": 2})

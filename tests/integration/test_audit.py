@@ -5,34 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 
 import pytest
 
 from pixelgate.client import InvalidArgument, Unauthenticated
 
 
-def _entries(caplog, expected: int = 1) -> list[dict]:
-    # The server writes a call's line as the call ends, which can be just after
-    # the client has its answer: wait briefly for the lines to arrive.
-    deadline = time.monotonic() + 5
-    while True:
-        entries = [
-            json.loads(r.getMessage()) for r in caplog.records if r.name == "pixelgate.audit"
-        ]
-        if len(entries) >= expected or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.01)
-
-
-def test_a_generation_is_audited_with_parameters_cost_and_digests(server, connect, mint, caplog):
+def test_a_generation_is_audited_with_parameters_cost_and_digests(server, connect, mint):
     """The line names the caller, the parameters, the GPU cost, and hashes of prompt and image."""
-    caplog.set_level(logging.INFO, logger="pixelgate.audit")
     token = mint(subject="carol", client_id="svc-carol")
     prompt = "a secret prompt about zebras"
     [image] = connect(server, token=token).generate(prompt, steps=4, width=128, height=64, seed=9)
 
-    [entry] = [e for e in _entries(caplog) if e["method"].endswith("/GenerateImage")]
+    [entry] = [e for e in server.audit_entries() if e["method"].endswith("/GenerateImage")]
     assert entry["status"] == "OK"
     assert entry["principal"] == {
         "iss": "https://issuer.pixelgate.invalid",
@@ -66,10 +51,37 @@ def test_refusals_are_audited_and_nothing_secret_is_logged(server, connect, mint
     with pytest.raises(Unauthenticated):
         connect(server, token=token + "x").list_models()
 
-    statuses = [(e["method"].rsplit("/", 1)[1], e["status"]) for e in _entries(caplog, 2)]
+    audit = server.audit_entries(2)
+    statuses = [(e["method"].rsplit("/", 1)[1], e["status"]) for e in audit]
     assert ("GenerateImage", "INVALID_ARGUMENT") in statuses
     assert ("ListModels", "UNAUTHENTICATED") in statuses
-    everything = "\n".join(r.getMessage() for r in caplog.records)
+    everything = "\n".join([*(r.getMessage() for r in caplog.records), json.dumps(audit)])
     assert token not in everything
     assert token.split(".")[2] not in everything
     assert "zebras" not in everything
+
+
+def test_the_audit_file_is_private_and_kept_across_restarts(start_server, connect, tmp_path):
+    """A file destination is created readable by its owner only and appended to, not replaced."""
+    destination = tmp_path / "private" / "audit.jsonl"
+    destination.parent.mkdir()
+    first = start_server(audit={"destination": str(destination)})
+    connect(first).list_models()
+    first.audit_entries(1)
+    first.stop()
+    assert destination.stat().st_mode & 0o777 == 0o600
+
+    second = start_server(audit={"destination": str(destination)})
+    connect(second).list_models()
+    assert len(second.audit_entries(2)) == 2
+
+
+def test_quiet_logging_does_not_silence_the_audit(server, connect):
+    """The audit is a stream of its own: a log level of WARNING still writes every line."""
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        connect(server).list_models()
+        [entry] = server.audit_entries()
+    finally:
+        logging.getLogger().setLevel(logging.NOTSET)
+    assert entry["status"] == "OK"

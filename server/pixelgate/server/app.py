@@ -211,7 +211,12 @@ async def start_server(
         certificate_must_match=auth.certificate_must_match,
         allowed_identities=auth.allowed_client_identities,
     )
-    audit = AuditWriter()
+    try:
+        audit = AuditWriter(settings.audit.destination)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot open audit destination {settings.audit.destination}: {error.strerror}"
+        ) from None
     closers.append(lambda: asyncio.to_thread(audit.close))
     chain = InterceptorChain(
         wrappers=[AuditLog(audit), ErrorMapping()],

@@ -5,6 +5,10 @@ what (method, image parameters), with which outcome (status, GPU cost
 charged, duration) and the SHA-256 of the prompt and of each image, so an
 investigation can match content without the log ever holding a prompt, an
 image, a token or a key.
+
+The lines are a stream of their own (stderr by default, or a file), written
+apart from the process log: log levels never silence them, and a collector
+reads pure JSON lines.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import queue
+import stat
 import threading
 import time
 from typing import Any
@@ -25,6 +31,7 @@ from pixelgate.server.interception import CallWrapper
 from pixelgate.server.principal import Principal, maybe_current_principal
 
 log = logging.getLogger("pixelgate.audit")
+"""Reports trouble writing the audit lines (never the lines themselves)."""
 
 
 def audit_entry(
@@ -53,16 +60,61 @@ def audit_entry(
     }
 
 
+PIPE_ATOMIC_BYTES = 4096
+"""Writes up to this size reach a pipe whole (POSIX PIPE_BUF), never split by another writer."""
+
+STANDARD_STREAMS = {"stdout": 1, "stderr": 2}
+
+
+def open_audit_destination(destination: str) -> tuple[int, bool]:
+    """The file descriptor audit lines go to, and whether the writer owns (closes) it.
+
+    "stderr" and "stdout" are the process's streams; anything else is a file,
+    appended to and created readable by its owner only (the lines name callers).
+    """
+    if destination in STANDARD_STREAMS:
+        return STANDARD_STREAMS[destination], False
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    return os.open(destination, flags, 0o600), True
+
+
+def write_lines(fd: int, lines: list[bytes], *, to_file: bool = False) -> None:
+    """Writes whole lines: to a regular file in one system call; to a pipe or terminal
+    in as few as keep each under PIPE_ATOMIC_BYTES, so no other writer splits a line."""
+    if to_file:
+        _write_all(fd, b"".join(lines))
+        return
+    batch = bytearray()
+    for line in lines:
+        if batch and len(batch) + len(line) > PIPE_ATOMIC_BYTES:
+            _write_all(fd, batch)
+            batch.clear()
+        batch += line
+    if batch:
+        _write_all(fd, batch)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class AuditWriter:
     """Turns finished calls into audit lines on a thread of its own, off the event loop.
 
-    The thread wakes every `interval` seconds and writes what has queued up, so
-    a busy server pays no thread switch per call.
+    The thread wakes every `interval` seconds and writes what has queued up
+    straight to its file descriptor, a few lines per system call, as Envoy's
+    access logs do: a busy server pays neither a thread switch nor a logging
+    record per call.
     """
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, destination: str = "stderr", interval: float = 0.05) -> None:
+        self._fd, self._owns_fd = open_audit_destination(destination)
+        self._to_file = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._interval = interval
+        self._failing = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pixelgate-audit", daemon=True)
         self._thread.start()
@@ -72,9 +124,12 @@ class AuditWriter:
         self._queue.put((record, status, principal, time.time()))
 
     def close(self) -> None:
-        """Writes what is queued, then stops."""
+        """Writes what is queued, then stops (a second close does nothing)."""
         self._stopped.set()
         self._thread.join(10)
+        if self._owns_fd:
+            self._owns_fd = False
+            os.close(self._fd)
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
@@ -82,13 +137,23 @@ class AuditWriter:
         self._drain()
 
     def _drain(self) -> None:
+        lines: list[bytes] = []
         while True:
             try:
                 record, status, principal, ended = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             entry = audit_entry(record, status, principal, ended=ended)
-            log.info(json.dumps(entry, separators=(",", ":")))
+            lines.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        if not lines:
+            return
+        try:
+            write_lines(self._fd, lines, to_file=self._to_file)
+            self._failing = False
+        except OSError as error:
+            if not self._failing:  # once per outage, not once per batch
+                log.error("cannot write audit lines: %s", error.strerror)
+            self._failing = True
 
 
 class AuditLog(CallWrapper):
@@ -100,7 +165,7 @@ class AuditLog(CallWrapper):
     def enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> CallRecord:
         return open_record(method, context.peer())
 
-    async def exit(
+    def exit(
         self,
         state: CallRecord,
         method: str,
@@ -108,8 +173,6 @@ class AuditLog(CallWrapper):
         error: BaseException | None,
     ) -> None:
         state.duration = time.perf_counter() - state.started
-        if not log.isEnabledFor(logging.INFO):
-            return
         if error is None:
             status = "OK"
         elif isinstance(error, grpc.aio.AbortError):
@@ -122,4 +185,4 @@ class AuditLog(CallWrapper):
         self._writer.submit(state, status, maybe_current_principal())
 
 
-__all__ = ["AuditLog", "AuditWriter", "audit_entry"]
+__all__ = ["AuditLog", "AuditWriter", "audit_entry", "open_audit_destination", "write_lines"]

@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc.aio
 
-from pixelgate.server.client_identity import BindingPolicy, client_certificate
+from pixelgate.server.client_identity import BindingPolicy, ClientCertificate, client_certificate
 from pixelgate.server.errors import Unauthenticated
-from pixelgate.server.interception import CallGuard, MethodFilter
+from pixelgate.server.interception import CallGuard, MethodFilter, Pending, request_metadata
 from pixelgate.server.principal import Principal, bind_principal
-from pixelgate.server.token_verifier import TokenVerifier
+from pixelgate.server.token_verifier import TokenVerifier, VerifiedToken
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -44,7 +44,7 @@ class CertificateAllowlist(CallGuard):
         super().__init__(applies_to)
         self._binding = binding
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._binding.admit_certificate(client_certificate(context.auth_context()))
 
 
@@ -52,17 +52,50 @@ class TokenAuthentication(CallGuard):
     """Refuses calls without a valid access token and binds the caller's Principal."""
 
     def __init__(
-        self, verifier: TokenVerifier, binding: BindingPolicy, applies_to: MethodFilter
+        self,
+        verifier: TokenVerifier,
+        binding: BindingPolicy,
+        applies_to: MethodFilter,
+        *,
+        principal_cache_size: int = 1024,
     ) -> None:
         super().__init__(applies_to)
         self._verifier = verifier
         self._binding = binding
+        # The verifier hands back the same VerifiedToken object for a cached token, and
+        # client_certificate the same object for the same certificate: a caller's
+        # repeated calls reuse one Principal instead of building it each time.
+        self._principals: dict[
+            tuple[int, int], tuple[VerifiedToken, ClientCertificate | None, Principal]
+        ] = {}
+        self._principal_cache_size = principal_cache_size
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Pending:
         certificate = client_certificate(context.auth_context())
-        token = await self._verifier.verify(bearer_token(context.invocation_metadata()))
+        bearer = bearer_token(request_metadata(context))
+        token = self._verifier.verified_before(bearer)
+        if token is None:  # a first sight: verify the signature (perhaps fetching keys)
+            return self._verify(bearer, certificate)
+        self._accept(token, certificate)
+        return None
+
+    async def _verify(self, bearer: str, certificate: ClientCertificate | None) -> None:
+        self._accept(await self._verifier.verify(bearer), certificate)
+
+    def _accept(self, token: VerifiedToken, certificate: ClientCertificate | None) -> None:
         self._binding.check(token, certificate)
-        bind_principal(Principal.of(token, certificate))
+        bind_principal(self._principal(token, certificate))
+
+    def _principal(self, token: VerifiedToken, certificate: ClientCertificate | None) -> Principal:
+        key = (id(token), id(certificate))
+        known = self._principals.get(key)  # an entry keeps both objects, so their ids alive
+        if known is not None:
+            return known[2]
+        principal = Principal.of(token, certificate)
+        if len(self._principals) >= self._principal_cache_size:
+            del self._principals[next(iter(self._principals))]  # the oldest
+        self._principals[key] = (token, certificate, principal)
+        return principal
 
 
 __all__ = ["CertificateAllowlist", "TokenAuthentication", "bearer_token"]

@@ -72,7 +72,7 @@ class ScopeAuthorization(CallGuard):
         super().__init__(applies_to)
         self._policy = policy
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._policy.check(method, current_principal())
 
 

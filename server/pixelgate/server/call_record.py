@@ -19,7 +19,7 @@ from pixelgate.server.rate_limit import Decision, Limit
 from pixelgate.server.rate_limit_fields import quota_metadata
 
 
-@dataclass
+@dataclass(slots=True)
 class CallRecord:
     """One call's facts, as they become known."""
 
@@ -59,7 +59,10 @@ def current_record() -> CallRecord:
 
 
 async def send_quota_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Sends the remaining quota as initial metadata, once, before the first response."""
+    """Sends the remaining quota as initial metadata, once, before the first response.
+
+    For a server stream: the caller learns its quota before the first event.
+    """
     record = current_record()
     if record.initial_metadata_sent:
         return
@@ -69,4 +72,22 @@ async def send_quota_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> No
         await context.send_initial_metadata(metadata)
 
 
-__all__ = ["CallRecord", "current_record", "open_record", "send_quota_metadata"]
+def set_quota_trailers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Puts the remaining quota in the trailing metadata of a unary call.
+
+    A unary response's headers, message and trailers reach the caller together;
+    custom initial metadata would cost grpcio a batch and a write of its own
+    (measured: about 8% of a trivial call's throughput).
+    """
+    metadata = quota_metadata(current_record().quota)
+    if metadata:
+        context.set_trailing_metadata(metadata)
+
+
+__all__ = [
+    "CallRecord",
+    "current_record",
+    "open_record",
+    "send_quota_metadata",
+    "set_quota_trailers",
+]

@@ -360,6 +360,13 @@ class SafetySettings(_Section):
     """Where the safety checker (and its CLIP feature extractor) loads from."""
 
 
+class AuditSettings(_Section):
+    """Where the audit lines (one JSON line per call) go."""
+
+    destination: str = Field(default="stderr", min_length=1)
+    """"stderr", "stdout", or a file path (appended; created readable by its owner only)."""
+
+
 class Settings(_Section):
     """Everything the server needs, with safe defaults."""
 
@@ -378,6 +385,7 @@ class Settings(_Section):
     engine: EngineSettings = EngineSettings()
     output: OutputSettings = OutputSettings()
     safety: SafetySettings = SafetySettings()
+    audit: AuditSettings = AuditSettings()
     max_prompt_bytes: int = Field(default=1000, ge=1, le=16384)
     """Longest prompt (and negative prompt) in UTF-8 bytes."""
     max_images_per_request: int = Field(default=4, ge=1, le=16)
@@ -437,6 +445,7 @@ def _describe(error: ValidationError) -> str:
 
 __all__ = [
     "Algorithm",
+    "AuditSettings",
     "AuthSettings",
     "CallerMatch",
     "CallerRule",

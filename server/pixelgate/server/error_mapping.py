@@ -17,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from pixelgate.server.errors import INTERNAL_MESSAGE, ServiceError
-from pixelgate.server.interception import CallWrapper
+from pixelgate.server.interception import CallWrapper, Pending
 
 log = logging.getLogger("pixelgate.errors")
 
@@ -25,21 +25,21 @@ log = logging.getLogger("pixelgate.errors")
 class ErrorMapping(CallWrapper):
     """Aborts each call that raised with the status its exception maps to."""
 
-    async def exit(
+    def exit(
         self,
         state: Any,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         error: BaseException | None,
-    ) -> None:
+    ) -> Pending:
         if error is None or isinstance(error, grpc.aio.AbortError):
-            return  # succeeded, or already carries its status
+            return None  # succeeded, or already carries its status
         if isinstance(error, ServiceError):
-            await context.abort(error.code, error.message, trailing_metadata=_trailers(error))
-        elif isinstance(error, Exception):
+            return context.abort(error.code, error.message, trailing_metadata=_trailers(error))
+        if isinstance(error, Exception):
             log.error("unexpected failure in %s", method, exc_info=error)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-        # Cancellation and generator exits pass through untouched.
+            return context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        return None  # cancellation and generator exits pass through untouched
 
 
 def _trailers(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:

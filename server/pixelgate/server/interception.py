@@ -12,20 +12,42 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 import grpc.aio
 
-Around = Callable[[grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 MethodFilter = Callable[[str], bool]
 """Says, from the full method name (`/package.Service/Method`), whether a piece applies."""
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+Pending = Awaitable[None] | None
+"""What a step returns: None when it has decided at once, or something to await
+(a key fetch, a Redis round trip) before the call goes on."""
 
 
 def every_method(method: str) -> bool:
     """A MethodFilter that applies to every method."""
     return True
+
+
+_request_metadata: ContextVar[Metadata | None] = ContextVar(
+    "pixelgate_request_metadata", default=None
+)
+
+
+def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
+    """The call's request metadata, as gRPC read it to find the handler.
+
+    gRPC hands it to the interceptor anyway, and each call runs in a task of
+    its own: reusing it saves building the tuple again on every call.
+    """
+    metadata = _request_metadata.get()
+    if metadata is None:
+        return tuple(context.invocation_metadata() or ())
+    return metadata
 
 
 async def _responses(result: Any) -> AsyncIterator[Any]:
@@ -41,64 +63,6 @@ async def _responses(result: Any) -> AsyncIterator[Any]:
             yield response
 
 
-async def _value(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
-def wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], around: Around
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """Returns `handler` with every call run inside `around(context)`, same shape."""
-    request_deserializer = handler.request_deserializer
-    response_serializer = handler.response_serializer
-
-    if handler.unary_unary is not None:
-        unary_unary = handler.unary_unary
-
-        async def wrapped_unary_unary(request: Any, context: Any) -> Any:
-            async with around(context):
-                return await _value(unary_unary(request, context))
-
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped_unary_unary, request_deserializer, response_serializer
-        )
-
-    if handler.unary_stream is not None:
-        unary_stream = handler.unary_stream
-
-        async def wrapped_unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with around(context):
-                async for response in _responses(unary_stream(request, context)):
-                    yield response
-
-        return grpc.unary_stream_rpc_method_handler(
-            wrapped_unary_stream, request_deserializer, response_serializer
-        )
-
-    if handler.stream_unary is not None:
-        stream_unary = handler.stream_unary
-
-        async def wrapped_stream_unary(requests: Any, context: Any) -> Any:
-            async with around(context):
-                return await _value(stream_unary(requests, context))
-
-        return grpc.stream_unary_rpc_method_handler(
-            wrapped_stream_unary, request_deserializer, response_serializer
-        )
-
-    stream_stream = handler.stream_stream
-    assert stream_stream is not None, "a handler has one of the four shapes"
-
-    async def wrapped_stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-        async with around(context):
-            async for response in _responses(stream_stream(requests, context)):
-                yield response
-
-    return grpc.stream_stream_rpc_method_handler(
-        wrapped_stream_stream, request_deserializer, response_serializer
-    )
-
-
 class CallWrapper(abc.ABC):
     """A step around the whole call (audit, error mapping): it sees how the call ends."""
 
@@ -107,16 +71,17 @@ class CallWrapper(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def exit(
+    def exit(
         self,
         state: Any,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         error: BaseException | None,
-    ) -> None:
+    ) -> Pending:
         """Called as the call ends, with what it raised (None: it succeeded).
 
-        Raising replaces the error (error mapping raises the abort).
+        Raising, or returning an awaitable that raises, replaces the error
+        (error mapping raises the abort).
         """
 
 
@@ -127,8 +92,114 @@ class CallGuard(abc.ABC):
         self.applies_to = applies_to
 
     @abc.abstractmethod
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Returns to let the call through; raises a ServiceError to refuse it."""
+    def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Pending:
+        """Lets the call through (returning None, or an awaitable that returns);
+        raises a ServiceError, at once or when awaited, to refuse it."""
+
+
+class MethodChain:
+    """The steps one method's calls run through: wrappers entered, guards passed,
+    wrappers exited in reverse.
+
+    Steps that decide at once (a cached token, an in-process bucket) cost a
+    plain call, not a coroutine: this runs on every call.
+    """
+
+    __slots__ = ("_guards", "_method", "_unwinding", "_wrappers")
+
+    def __init__(
+        self, method: str, wrappers: tuple[CallWrapper, ...], guards: tuple[CallGuard, ...]
+    ) -> None:
+        self._method = method
+        self._wrappers = wrappers
+        self._guards = guards
+        self._unwinding = tuple(reversed(list(enumerate(wrappers))))
+
+    async def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[Any]:
+        """Enters the wrappers and passes the guards; returns the wrappers' states.
+
+        A refusal unwinds the wrappers (so it is audited and mapped) and raises.
+        """
+        method = self._method
+        states = [wrapper.enter(method, context) for wrapper in self._wrappers]
+        try:
+            for guard in self._guards:
+                pending = guard.admit(method, context)
+                if pending is not None:
+                    await pending
+        except BaseException as error:
+            await self.exit(states, context, error)
+            raise
+        return states
+
+    async def exit(
+        self,
+        states: list[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+    ) -> None:
+        """Exits the wrappers, innermost first; raises the error one of them replaced."""
+        current = error
+        for index, wrapper in self._unwinding:
+            try:
+                pending = wrapper.exit(states[index], self._method, context, current)
+                if pending is not None:
+                    await pending
+            except BaseException as replacement:
+                current = replacement
+        if current is not error and current is not None:
+            raise current
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], chain: MethodChain
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Returns `handler` with every call run through `chain`, same shape."""
+    request_deserializer = handler.request_deserializer
+    response_serializer = handler.response_serializer
+
+    behaviour = handler.unary_unary or handler.stream_unary
+    if behaviour is not None:
+        is_coroutine = inspect.iscoroutinefunction(behaviour)
+
+        async def wrapped_unary_response(request: Any, context: Any) -> Any:
+            states = await chain.enter(context)
+            try:
+                response = behaviour(request, context)
+                if is_coroutine or inspect.isawaitable(response):
+                    response = await response
+            except BaseException as error:
+                await chain.exit(states, context, error)
+                raise
+            await chain.exit(states, context, None)
+            return response
+
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary is not None
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(wrapped_unary_response, request_deserializer, response_serializer)
+
+    streaming = handler.unary_stream or handler.stream_stream
+    assert streaming is not None, "a handler has one of the four shapes"
+
+    async def wrapped_stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
+        states = await chain.enter(context)
+        try:
+            async for response in _responses(streaming(request, context)):
+                yield response
+        except BaseException as error:
+            await chain.exit(states, context, error)
+            raise
+        await chain.exit(states, context, None)
+
+    make_streaming = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make_streaming(wrapped_stream_response, request_deserializer, response_serializer)
 
 
 class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -157,71 +228,26 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
         if handler is None:
             return handler  # type: ignore[return-value]
+        _request_metadata.set(handler_call_details.invocation_metadata)
         method: str = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(handler, self._around(method))
+        guards = tuple(guard for guard in self._guards if guard.applies_to(method))
+        wrapped = wrap_handler(handler, MethodChain(method, self._wrappers, guards))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _around(self, method: str) -> Around:
-        wrappers = self._wrappers
-        guards = tuple(guard for guard in self._guards if guard.applies_to(method))
-        return lambda context: _CallScope(wrappers, guards, method, context)
-
-
-class _CallScope:
-    """One call's run through the chain: wrappers entered, guards passed, wrappers exited.
-
-    Hand-written rather than contextlib-built: it runs for every call.
-    """
-
-    __slots__ = ("_context", "_guards", "_method", "_states", "_wrappers")
-
-    def __init__(
-        self,
-        wrappers: tuple[CallWrapper, ...],
-        guards: tuple[CallGuard, ...],
-        method: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        self._wrappers = wrappers
-        self._guards = guards
-        self._method = method
-        self._context = context
-        self._states: list[Any] = []
-
-    async def __aenter__(self) -> None:
-        self._states = [wrapper.enter(self._method, self._context) for wrapper in self._wrappers]
-        try:
-            for guard in self._guards:
-                await guard.admit(self._method, self._context)
-        except BaseException as error:
-            await self._unwind(error)
-            raise
-
-    async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> bool:
-        await self._unwind(error)
-        return False
-
-    async def _unwind(self, error: BaseException | None) -> None:
-        current = error
-        for wrapper, state in zip(reversed(self._wrappers), reversed(self._states), strict=True):
-            try:
-                await wrapper.exit(state, self._method, self._context, current)
-            except BaseException as replacement:
-                current = replacement
-        if current is not error and current is not None:
-            raise current
-
 
 __all__ = [
-    "Around",
     "CallGuard",
     "CallWrapper",
     "InterceptorChain",
+    "Metadata",
+    "MethodChain",
     "MethodFilter",
+    "Pending",
     "every_method",
+    "request_metadata",
     "wrap_handler",
 ]

@@ -149,6 +149,14 @@ class Limiter:
         self.backend = backend
         self._fail_open = fail_open
 
+    def decided_now(self, key: str, limit: Limit, cost: float = 1.0) -> Decision | None:
+        """The decision, when the buckets are in this process (no I/O, cannot fail);
+        None for a remote backend: await take()."""
+        backend = self.backend
+        if isinstance(backend, MemoryBackend):
+            return backend.take_now(key, limit, cost)
+        return None
+
     async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
         """The backend's decision; on backend failure, allowed (fail open) or UNAVAILABLE."""
         try:

@@ -1,6 +1,7 @@
 """How rate limits are told to callers.
 
-On success the remaining quota travels in initial metadata; on refusal,
+On success the remaining quota travels in metadata (initial metadata of a
+stream, trailing metadata of a unary call); on refusal,
 RESOURCE_EXHAUSTED carries `retry-after` (seconds), the `ratelimit` and
 `ratelimit-policy` fields of draft-ietf-httpapi-ratelimit-headers, and rich
 status details: google.rpc.RetryInfo with the delay and google.rpc.QuotaFailure

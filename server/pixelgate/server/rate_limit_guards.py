@@ -13,9 +13,9 @@ from typing import Any
 import grpc.aio
 
 from pixelgate.server.call_record import current_record
-from pixelgate.server.interception import CallGuard, MethodFilter
+from pixelgate.server.interception import CallGuard, MethodFilter, Pending
 from pixelgate.server.principal import current_principal
-from pixelgate.server.rate_limit import Limit, Limiter
+from pixelgate.server.rate_limit import Decision, Limit, Limiter
 from pixelgate.server.rate_limit_fields import over_limit
 
 
@@ -25,32 +25,55 @@ def peer_address(peer: str) -> str:
     return address if port.isdigit() and address else peer
 
 
-class PeerRateLimit(CallGuard):
+class _BucketGuard(CallGuard):
+    """Takes one unit per call from a bucket keyed by `_key`, refusing when it is empty."""
+
+    who = "caller"
+
+    def __init__(self, limiter: Limiter, limit: Limit, applies_to: MethodFilter) -> None:
+        super().__init__(applies_to)
+        self._limiter = limiter
+        self._limit = limit
+
+    def _key(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        raise NotImplementedError
+
+    def _allowed(self, decision: Decision) -> None:
+        """Called for every call let through."""
+
+    def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Pending:
+        key = self._key(context)
+        decision = self._limiter.decided_now(key, self._limit)
+        if decision is None:  # buckets elsewhere (Redis): wait for the answer
+            return self._take(key)
+        self._judge(decision)
+        return None
+
+    async def _take(self, key: str) -> None:
+        self._judge(await self._limiter.take(key, self._limit))
+
+    def _judge(self, decision: Decision) -> None:
+        if not decision.allowed:
+            raise over_limit(self._limit, decision, who=self.who, unit="calls")
+        self._allowed(decision)
+
+
+class PeerRateLimit(_BucketGuard):
     """Refuses calls from a peer address over its rate, before any token check."""
 
-    def __init__(self, limiter: Limiter, limit: Limit, applies_to: MethodFilter) -> None:
-        super().__init__(applies_to)
-        self._limiter = limiter
-        self._limit = limit
+    who = "peer address"
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        decision = await self._limiter.take(peer_address(context.peer()), self._limit)
-        if not decision.allowed:
-            raise over_limit(self._limit, decision, who="peer address", unit="calls")
+    def _key(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        return peer_address(context.peer())
 
 
-class CallerRateLimit(CallGuard):
+class CallerRateLimit(_BucketGuard):
     """Refuses calls over the caller's request rate; records what is left."""
 
-    def __init__(self, limiter: Limiter, limit: Limit, applies_to: MethodFilter) -> None:
-        super().__init__(applies_to)
-        self._limiter = limiter
-        self._limit = limit
+    def _key(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        return current_principal().key
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        decision = await self._limiter.take(current_principal().key, self._limit)
-        if not decision.allowed:
-            raise over_limit(self._limit, decision, who="caller", unit="calls")
+    def _allowed(self, decision: Decision) -> None:
         current_record().quota.append((self._limit, decision))
 
 

@@ -15,7 +15,11 @@ from typing import Any
 
 import grpc.aio
 
-from pixelgate.server.call_record import current_record, send_quota_metadata
+from pixelgate.server.call_record import (
+    current_record,
+    send_quota_metadata,
+    set_quota_trailers,
+)
 from pixelgate.server.caller_policy import CallerPolicy
 from pixelgate.server.encoding import chunks, encode_image
 from pixelgate.server.engine import GenerationEngine
@@ -124,7 +128,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        await send_quota_metadata(context)
+        set_quota_trailers(context)
         version = self._registry.version
         if self._model_list is None or self._model_list[0] != version:
             response = pb.ListModelsResponse(

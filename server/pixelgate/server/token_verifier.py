@@ -80,6 +80,10 @@ def _reason(error: jwt.PyJWTError) -> str:
     return "access token is not valid"
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 def _media_type(value: str) -> str:
     # RFC 9068 section 2.1: "at+jwt" and "application/at+jwt" name the same type.
     return value.strip().lower().removeprefix("application/")
@@ -104,17 +108,27 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._clock = clock
 
-    async def verify(self, token: str) -> VerifiedToken:
-        """Verifies `token` (or finds it verified before) and returns what it says."""
+    def verified_before(self, token: str) -> VerifiedToken | None:
+        """What `token` says, if it was verified before and still holds (no I/O, no
+        signature check); None when verify() must look at it."""
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("access token too large")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        digest = _digest(token)
         cached = self._cache.get(digest)
-        if cached is not None:
-            if self._still_good(cached):
-                self._cache.move_to_end(digest)
-                return cached.token
-            del self._cache[digest]
+        if cached is None:
+            return None
+        if self._still_good(cached):
+            self._cache.move_to_end(digest)
+            return cached.token
+        del self._cache[digest]
+        return None
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Verifies `token` (or finds it verified before) and returns what it says."""
+        known = self.verified_before(token)
+        if known is not None:
+            return known
+        digest = _digest(token)
         result = await self._verify(token)
         if self._cache_size:
             self._cache[digest] = result

@@ -1,0 +1,71 @@
+"""The audit writer's output: whole lines, few system calls, none split across writes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pixelgate.server import audit_log
+from pixelgate.server.audit_log import PIPE_ATOMIC_BYTES, write_lines
+
+
+def _recorded_writes(monkeypatch) -> list[bytes]:
+    writes: list[bytes] = []
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr(audit_log.os, "write", write)
+    return writes
+
+
+def test_lines_are_grouped_into_writes_that_never_split_a_line(monkeypatch):
+    writes = _recorded_writes(monkeypatch)
+    lines = [f'{{"n":{i},"pad":"{"x" * 300}"}}\n'.encode() for i in range(40)]
+
+    write_lines(99, lines)
+
+    assert b"".join(writes) == b"".join(lines)
+    assert len(writes) < len(lines)
+    for data in writes:
+        assert len(data) <= PIPE_ATOMIC_BYTES
+        assert data.endswith(b"\n")
+
+
+def test_a_line_longer_than_a_pipe_write_goes_alone_and_whole(monkeypatch):
+    writes = _recorded_writes(monkeypatch)
+    long = b"y" * (PIPE_ATOMIC_BYTES * 2) + b"\n"
+
+    write_lines(99, [b"a\n", long, b"b\n"])
+
+    assert writes == [b"a\n", long, b"b\n"]
+
+
+def test_partial_writes_are_continued():
+    read_end, write_end = os.pipe()
+    try:
+        lines = [b"%d\n" % i for i in range(2000)]
+        write_lines(write_end, lines)
+        os.close(write_end)
+        received = b""
+        while chunk := os.read(read_end, 65536):
+            received += chunk
+    finally:
+        os.close(read_end)
+    assert received == b"".join(lines)
+
+
+@pytest.mark.parametrize("name, fd", [("stderr", 2), ("stdout", 1)])
+def test_standard_streams_are_used_but_never_closed(name, fd):
+    assert audit_log.open_audit_destination(name) == (fd, False)
+
+
+def test_a_regular_file_gets_the_whole_batch_in_one_write(monkeypatch):
+    writes = _recorded_writes(monkeypatch)
+    lines = [b"z" * 1000 + b"\n" for _ in range(10)]
+
+    write_lines(99, lines, to_file=True)
+
+    assert writes == [b"".join(lines)]
