@@ -5,9 +5,10 @@ whole interceptor chain (audit line per call, error mapping, per-peer and
 per-caller rate limits, token authentication, scope authorization), one with
 no interceptors; both serve mutual TLS. Sixteen
 concurrent callers (grpc.aio, one process) call ListModels on each in
-alternating rounds. Prints p50 latency and throughput ratios (full / bare).
+pairs of rounds. Prints the median over the pairs of the p50 latency and the
+throughput ratios (full / bare).
 
-    .venv/bin/python tests/benchmarks/chain_overhead.py [--callers 16] [--seconds 3] [--rounds 4]
+    .venv/bin/python tests/benchmarks/chain_overhead.py [--callers 16] [--seconds 3] [--rounds 8]
 """
 
 from __future__ import annotations
@@ -69,27 +70,34 @@ async def _measure(args: argparse.Namespace, files: DevPkiFiles, ports: dict[str
         files.ca_cert.read_bytes(), files.client_key.read_bytes(), files.client_cert.read_bytes()
     )
     credentials = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
-    results: dict[str, tuple[list[float], list[float]]] = {"bare": ([], []), "full": ([], [])}
     for name in ("bare", "full"):  # warm-up round, not counted
         await _round(f"127.0.0.1:{ports[name]}", credentials, args.callers, 1.0)
-    for _ in range(args.rounds):
-        for name in ("bare", "full"):
-            latencies, throughput = await _round(
+    bare_rps: list[float] = []
+    throughput_ratios: list[float] = []
+    latency_ratios: list[float] = []
+    for index in range(args.rounds):
+        # Each pair of rounds gives one ratio, so a drift in the machine's load
+        # between pairs cancels out; the order within a pair alternates.
+        order = ("bare", "full") if index % 2 == 0 else ("full", "bare")
+        measured = {}
+        for name in order:
+            measured[name] = await _round(
                 f"127.0.0.1:{ports[name]}", credentials, args.callers, args.seconds
             )
-            results[name][0].extend(latencies)
-            results[name][1].append(throughput)
-    bare_p50 = statistics.median(results["bare"][0])
-    full_p50 = statistics.median(results["full"][0])
-    bare_rps = statistics.median(results["bare"][1])
-    full_rps = statistics.median(results["full"][1])
+        (bare_latencies, bare), (full_latencies, full) = measured["bare"], measured["full"]
+        bare_rps.append(bare)
+        throughput_ratios.append(full / bare)
+        latency_ratios.append(statistics.median(full_latencies) / statistics.median(bare_latencies))
     print(
-        f"ListModels, {args.callers} concurrent callers, {args.rounds} alternating rounds of "
-        f"{args.seconds:g} s, mTLS on both"
+        f"ListModels, {args.callers} concurrent callers, {args.rounds} pairs of rounds of "
+        f"{args.seconds:g} s, mTLS on both; medians over the pairs (range)"
     )
-    print(f"  bare server: p50 {bare_p50 * 1000:.2f} ms, {bare_rps:.0f} calls/s (baseline)")
-    print(f"  full chain / bare: p50 latency ratio {full_p50 / bare_p50:.3f}")
-    print(f"  full chain / bare: throughput ratio {full_rps / bare_rps:.3f}")
+    print(f"  bare server: {statistics.median(bare_rps):.0f} calls/s (baseline)")
+    for what, ratios in (("p50 latency", latency_ratios), ("throughput", throughput_ratios)):
+        print(
+            f"  full chain / bare: {what} ratio {statistics.median(ratios):.3f} "
+            f"({min(ratios):.3f}-{max(ratios):.3f})"
+        )
 
 
 def main() -> None:
@@ -97,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--serve", choices=["full", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -69,3 +70,61 @@ def test_a_regular_file_gets_the_whole_batch_in_one_write(monkeypatch):
     write_lines(99, lines, to_file=True)
 
     assert writes == [b"".join(lines)]
+
+
+def test_an_audit_line_is_one_json_object_with_every_field():
+    from pixelgate.server.audit_log import AuditLines
+    from pixelgate.server.call_record import CallRecord
+    from pixelgate.server.principal import Principal
+
+    record = CallRecord(method="/pixelgate.v1.ImageService/GenerateImage", peer="ipv6:[::1]:5")
+    record.duration = 0.01234
+    record.cost_charged = 0.03125
+    record.parameters = {"width": 64, "model": "tiny"}
+    record.prompt_sha256 = "ab" * 32
+    record.image_sha256s = ["cd" * 32]
+    principal = Principal(
+        issuer="https://issuer.example",
+        subject='we "quote"\n and \u2028 break',
+        scopes=frozenset({"images:generate"}),
+        client_id=None,
+        certificate_identity="spiffe://example/client",
+    )
+    lines = AuditLines()
+
+    line = lines.line(record, "OK", principal, ended=1700000000.0456)
+    again = lines.line(record, "OK", principal, ended=1700000001.5)
+
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {
+        "time": "2023-11-14T22:13:20.045+00:00",
+        "event": "call",
+        "method": "/pixelgate.v1.ImageService/GenerateImage",
+        "status": "OK",
+        "duration_ms": 12.3,
+        "peer": "ipv6:[::1]:5",
+        "principal": {
+            "iss": "https://issuer.example",
+            "sub": 'we "quote"\n and \u2028 break',
+            "client_id": None,
+            "certificate": "spiffe://example/client",
+        },
+        "gpu_cost": 0.031,
+        "request": {"width": 64, "model": "tiny"},
+        "prompt_sha256": "ab" * 32,
+        "image_sha256": ["cd" * 32],
+    }
+    assert json.loads(again)["time"] == "2023-11-14T22:13:21.500+00:00"
+
+
+def test_an_unauthenticated_call_has_no_principal_in_its_line():
+    from pixelgate.server.audit_log import AuditLines
+    from pixelgate.server.call_record import CallRecord
+
+    line = AuditLines().line(CallRecord(method="/m", peer="p"), "UNAUTHENTICATED", None, 0.0)
+
+    entry = json.loads(line)
+    assert entry["principal"] is None
+    assert entry["request"] is None
+    assert entry["image_sha256"] == []
+    assert entry["time"] == "1970-01-01T00:00:00.000+00:00"

@@ -14,6 +14,7 @@ reads pure JSON lines.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -34,30 +35,70 @@ log = logging.getLogger("pixelgate.audit")
 """Reports trouble writing the audit lines (never the lines themselves)."""
 
 
-def audit_entry(
-    record: CallRecord, status: str, principal: Principal | None, *, ended: float
-) -> dict[str, Any]:
-    """The audit line's fields for one finished call that ended at `ended` (time.time())."""
-    return {
-        "time": dt.datetime.fromtimestamp(ended, dt.UTC).isoformat(timespec="milliseconds"),
-        "event": "call",
-        "method": record.method,
-        "status": status,
-        "duration_ms": round(record.duration * 1000, 1),
-        "peer": record.peer,
-        "principal": None
-        if principal is None
-        else {
-            "iss": principal.issuer,
-            "sub": principal.subject,
-            "client_id": principal.client_id,
-            "certificate": principal.certificate_identity,
-        },
-        "gpu_cost": round(record.cost_charged, 3),
-        "request": record.parameters or None,
-        "prompt_sha256": record.prompt_sha256,
-        "image_sha256": record.image_sha256s,
-    }
+@functools.lru_cache(maxsize=4096)
+def _json_text(value: str | None) -> str:
+    # Methods, statuses and peers repeat from call to call: escape each once.
+    return json.dumps(value)
+
+
+class AuditLines:
+    """Renders finished calls as audit lines: one JSON object per line.
+
+    Fields: time (UTC, milliseconds), event, method, status, duration_ms, peer,
+    principal (iss, sub, client_id, certificate), gpu_cost, request (the
+    validated image parameters), prompt_sha256, image_sha256. What repeats
+    from call to call (a caller's principal, the current second) is rendered
+    once: this runs for every call.
+    """
+
+    def __init__(self, principal_cache_size: int = 1024) -> None:
+        self._second = -1
+        self._second_text = ""
+        self._principals: dict[int, tuple[Principal, str]] = {}
+        self._principal_cache_size = principal_cache_size
+
+    def line(
+        self, record: CallRecord, status: str, principal: Principal | None, ended: float
+    ) -> bytes:
+        """The line for one call that ended at `ended` (time.time())."""
+        return (
+            f'{{"time":"{self._time(ended)}","event":"call",'
+            f'"method":{_json_text(record.method)},"status":{_json_text(status)},'
+            f'"duration_ms":{round(record.duration * 1000, 1)!r},'
+            f'"peer":{_json_text(record.peer)},"principal":{self._principal(principal)},'
+            f'"gpu_cost":{round(record.cost_charged, 3)!r},'
+            f'"request":{json.dumps(record.parameters or None)},'
+            f'"prompt_sha256":{_json_text(record.prompt_sha256)},'
+            f'"image_sha256":{json.dumps(record.image_sha256s)}}}\n'
+        ).encode()
+
+    def _time(self, ended: float) -> str:
+        second = int(ended)
+        if second != self._second:
+            self._second = second
+            self._second_text = dt.datetime.fromtimestamp(second, dt.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S"
+            )
+        return f"{self._second_text}.{int((ended - second) * 1000):03d}+00:00"
+
+    def _principal(self, principal: Principal | None) -> str:
+        if principal is None:
+            return "null"
+        known = self._principals.get(id(principal))  # an entry keeps its principal alive
+        if known is not None:
+            return known[1]
+        text = json.dumps(
+            {
+                "iss": principal.issuer,
+                "sub": principal.subject,
+                "client_id": principal.client_id,
+                "certificate": principal.certificate_identity,
+            }
+        )
+        if len(self._principals) >= self._principal_cache_size:
+            del self._principals[next(iter(self._principals))]
+        self._principals[id(principal)] = (principal, text)
+        return text
 
 
 PIPE_ATOMIC_BYTES = 4096
@@ -113,6 +154,7 @@ class AuditWriter:
         self._fd, self._owns_fd = open_audit_destination(destination)
         self._to_file = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lines = AuditLines()
         self._interval = interval
         self._failing = False
         self._stopped = threading.Event()
@@ -143,8 +185,7 @@ class AuditWriter:
                 record, status, principal, ended = self._queue.get_nowait()
             except queue.Empty:
                 break
-            entry = audit_entry(record, status, principal, ended=ended)
-            lines.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+            lines.append(self._lines.line(record, status, principal, ended))
         if not lines:
             return
         try:
@@ -185,4 +226,4 @@ class AuditLog(CallWrapper):
         self._writer.submit(state, status, maybe_current_principal())
 
 
-__all__ = ["AuditLog", "AuditWriter", "audit_entry", "open_audit_destination", "write_lines"]
+__all__ = ["AuditLines", "AuditLog", "AuditWriter", "open_audit_destination", "write_lines"]

@@ -60,8 +60,8 @@ class ScopePolicy:
         required = self._required.get(method)
         if required is None:
             raise PermissionDenied("method is not open to any caller")
-        missing = sorted(required - principal.scopes)
-        if missing:
+        if not required <= principal.scopes:
+            missing = sorted(required - principal.scopes)
             raise PermissionDenied(f"access token lacks scope {' '.join(missing)}")
 
 
