@@ -78,10 +78,12 @@ def test_the_audit_file_is_private_and_kept_across_restarts(start_server, connec
 
 def test_quiet_logging_does_not_silence_the_audit(server, connect):
     """The audit is a stream of its own: a log level of WARNING still writes every line."""
-    logging.getLogger().setLevel(logging.WARNING)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
     try:
         connect(server).list_models()
         [entry] = server.audit_entries()
     finally:
-        logging.getLogger().setLevel(logging.NOTSET)
+        root.setLevel(level)
     assert entry["status"] == "OK"

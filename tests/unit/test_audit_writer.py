@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -44,18 +45,87 @@ def test_a_line_longer_than_a_pipe_write_goes_alone_and_whole(monkeypatch):
     assert writes == [b"a\n", long, b"b\n"]
 
 
-def test_partial_writes_are_continued():
-    read_end, write_end = os.pipe()
-    try:
-        lines = [b"%d\n" % i for i in range(2000)]
-        write_lines(write_end, lines)
-        os.close(write_end)
-        received = b""
-        while chunk := os.read(read_end, 65536):
-            received += chunk
-    finally:
-        os.close(read_end)
-    assert received == b"".join(lines)
+def test_partial_writes_are_continued(monkeypatch):
+    received: list[bytes] = []
+
+    def write_half(fd: int, data: bytes) -> int:
+        half = max(1, len(data) // 2)
+        received.append(bytes(data[:half]))
+        return half
+
+    monkeypatch.setattr(audit_log.os, "write", write_half)
+    lines = [b"%d\n" % i for i in range(500)]
+
+    write_lines(99, lines)
+
+    assert b"".join(received) == b"".join(lines)
+
+
+def _writer_to(path, **options):
+    from pixelgate.server.audit_log import AuditWriter
+
+    return AuditWriter(str(path), interval=0.01, **options)
+
+
+def _record(method: str = "/m"):
+    from pixelgate.server.call_record import CallRecord
+
+    return CallRecord(method=method, peer="ipv4:127.0.0.1:1")
+
+
+def test_a_failed_write_never_glues_two_lines_together(tmp_path, monkeypatch):
+    """A write that fails part-way leaves the next batch starting on a line of its own."""
+    path = tmp_path / "audit.jsonl"
+    writer = _writer_to(path)
+    real_write = os.write
+    failures = iter([True])
+
+    def flaky(fd: int, data: bytes) -> int:
+        if next(failures, False):
+            real_write(fd, bytes(data[:5]))  # part of a line, then the disk fills up
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_log.os, "write", flaky)
+    writer.submit(_record("/first"), "OK", None)
+    time.sleep(0.2)
+    writer.submit(_record("/second"), "OK", None)
+    writer.close()
+
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"tim'  # the torn fragment stays alone on its line
+    assert [json.loads(line)["method"] for line in lines[1:] if line] == ["/second"]
+
+
+def test_a_full_queue_drops_and_counts_instead_of_growing(tmp_path, caplog):
+    writer = _writer_to(tmp_path / "audit.jsonl", max_queued=0)
+    writer.submit(_record(), "OK", None)
+    writer.close()
+    assert (tmp_path / "audit.jsonl").read_text() == ""
+    assert "1 audit lines dropped" in caplog.text
+
+
+def test_a_destination_open_to_every_user_is_refused(tmp_path):
+    from pixelgate.server.config import ConfigError
+
+    path = tmp_path / "audit.jsonl"
+    path.touch(mode=0o644)
+    with pytest.raises(ConfigError, match="every user"):
+        audit_log.open_audit_destination(str(path))
+
+
+def test_a_destination_that_is_not_a_regular_file_is_refused(tmp_path):
+    from pixelgate.server.config import ConfigError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises((ConfigError, OSError)):
+        audit_log.open_audit_destination(str(fifo))
+    with pytest.raises(OSError):
+        audit_log.open_audit_destination(str(link))  # never followed
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("name, fd", [("stderr", 2), ("stdout", 1)])

@@ -151,8 +151,11 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.aclose()
-        for close in self.closers:
-            await close()
+        for close in self.closers:  # each one, whatever the others do (the audit is last)
+            try:
+                await close()
+            except Exception:
+                log.exception("a component failed to close")
 
 
 def memory_budget(settings: EngineSettings, devices: Sequence[str]) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc.aio
 
+from pixelgate.server.call_record import current_record
 from pixelgate.server.client_identity import BindingPolicy, ClientCertificate, client_certificate
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.interception import CallGuard, MethodFilter, Pending, request_metadata
@@ -84,7 +85,9 @@ class TokenAuthentication(CallGuard):
 
     def _accept(self, token: VerifiedToken, certificate: ClientCertificate | None) -> None:
         self._binding.check(token, certificate)
-        bind_principal(self._principal(token, certificate))
+        principal = self._principal(token, certificate)
+        bind_principal(principal)
+        current_record().principal = principal
 
     def _principal(self, token: VerifiedToken, certificate: ClientCertificate | None) -> Principal:
         key = (id(token), id(certificate))

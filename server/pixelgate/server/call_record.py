@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc.aio
 
+from pixelgate.server.principal import Principal
 from pixelgate.server.rate_limit import Decision, Limit
 from pixelgate.server.rate_limit_fields import quota_metadata
 
@@ -34,6 +35,9 @@ class CallRecord:
     """GPU cost units charged, after any refund."""
     parameters: dict[str, Any] = field(default_factory=dict)
     """Validated image parameters (no prompt)."""
+    principal: Principal | None = None
+    """Who called, once authenticated (kept here: the line may be written after
+    the call's own context is gone)."""
     prompt_sha256: str | None = None
     image_sha256s: list[str] = field(default_factory=list)
     initial_metadata_sent: bool = False

@@ -10,8 +10,9 @@ a CallGuard (admits or refuses before the handler); each overrides one method.
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -50,7 +51,7 @@ def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
     return metadata
 
 
-async def _responses(result: Any) -> AsyncIterator[Any]:
+async def _responses(result: Any) -> AsyncGenerator[Any, None]:
     # A streaming handler may be an async generator, a plain iterator, or a
     # coroutine that writes with `context.write()` and returns None.
     if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
@@ -187,8 +188,11 @@ def wrap_handler(
     async def wrapped_stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
         states = await chain.enter(context)
         try:
-            async for response in _responses(streaming(request, context)):
-                yield response
+            # Closed here, before the wrappers exit, even when gRPC abandons the
+            # stream: the handler's own clean-up (refunds, records) comes first.
+            async with contextlib.aclosing(_responses(streaming(request, context))) as responses:
+                async for response in responses:
+                    yield response
         except BaseException as error:
             await chain.exit(states, context, error)
             raise

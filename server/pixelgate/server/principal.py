@@ -66,9 +66,4 @@ def current_principal() -> Principal:
     return principal
 
 
-def maybe_current_principal() -> Principal | None:
-    """The current call's caller, or None before (or without) authentication."""
-    return _current.get()
-
-
-__all__ = ["Principal", "bind_principal", "current_principal", "maybe_current_principal"]
+__all__ = ["Principal", "bind_principal", "current_principal"]
