@@ -6,9 +6,9 @@ charged, duration) and the SHA-256 of the prompt and of each image, so an
 investigation can match content without the log ever holding a prompt, an
 image, a token or a key.
 
-The lines are a stream of their own (stderr by default, or a file), written
-apart from the process log: log levels never silence them, and a collector
-reads pure JSON lines.
+The lines bypass the process log, so no log level silences them: they go to
+stderr by default (beside the log lines) or to a file that holds audit lines
+only, one JSON object per line.
 """
 
 from __future__ import annotations
