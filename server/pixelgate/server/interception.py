@@ -54,7 +54,11 @@ def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
 async def _responses(result: Any) -> AsyncGenerator[Any, None]:
     # A streaming handler may be an async generator, a plain iterator, or a
     # coroutine that writes with `context.write()` and returns None.
-    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+    if inspect.isasyncgen(result):
+        async with contextlib.aclosing(result):  # its clean-up runs when this one closes
+            async for response in result:
+                yield response
+    elif hasattr(result, "__aiter__"):
         async for response in result:
             yield response
     elif inspect.isawaitable(result):
