@@ -153,7 +153,7 @@ class Limiter:
         """The decision, when the buckets are in this process (no I/O, cannot fail);
         None for a remote backend: await take()."""
         backend = self.backend
-        if isinstance(backend, MemoryBackend):
+        if type(backend) is MemoryBackend:  # exactly: a subclass may change take()
             return backend.take_now(key, limit, cost)
         return None
 
