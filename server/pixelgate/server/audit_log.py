@@ -29,6 +29,7 @@ import grpc.aio
 
 from pixelgate.server.call_record import CallRecord, open_record
 from pixelgate.server.config import ConfigError
+from pixelgate.server.identity_memo import IdentityMemo
 from pixelgate.server.interception import CallWrapper
 from pixelgate.server.principal import Principal
 
@@ -55,8 +56,7 @@ class AuditLines:
     def __init__(self, principal_cache_size: int = 1024) -> None:
         self._second = -1
         self._second_text = ""
-        self._principals: dict[int, tuple[Principal, str]] = {}
-        self._principal_cache_size = principal_cache_size
+        self._principals: IdentityMemo[str] = IdentityMemo(principal_cache_size)
 
     def line(
         self, record: CallRecord, status: str, principal: Principal | None, ended: float
@@ -85,9 +85,9 @@ class AuditLines:
     def _principal(self, principal: Principal | None) -> str:
         if principal is None:
             return "null"
-        known = self._principals.get(id(principal))  # an entry keeps its principal alive
+        known = self._principals.get((principal,))
         if known is not None:
-            return known[1]
+            return known
         text = json.dumps(
             {
                 "iss": principal.issuer,
@@ -96,10 +96,7 @@ class AuditLines:
                 "certificate": principal.certificate_identity,
             }
         )
-        if len(self._principals) >= self._principal_cache_size:
-            del self._principals[next(iter(self._principals))]
-        self._principals[id(principal)] = (principal, text)
-        return text
+        return self._principals.remember((principal,), text)
 
 
 PIPE_ATOMIC_BYTES = 4096

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc.aio
 
-from pixelgate.server.call_record import current_record
 from pixelgate.server.client_identity import BindingPolicy, ClientCertificate, client_certificate
 from pixelgate.server.errors import Unauthenticated
+from pixelgate.server.identity_memo import IdentityMemo
 from pixelgate.server.interception import CallGuard, MethodFilter, Pending, request_metadata
 from pixelgate.server.principal import Principal, bind_principal
 from pixelgate.server.token_verifier import TokenVerifier, VerifiedToken
@@ -66,10 +66,7 @@ class TokenAuthentication(CallGuard):
         # The verifier hands back the same VerifiedToken object for a cached token, and
         # client_certificate the same object for the same certificate: a caller's
         # repeated calls reuse one Principal instead of building it each time.
-        self._principals: dict[
-            tuple[int, int], tuple[VerifiedToken, ClientCertificate | None, Principal]
-        ] = {}
-        self._principal_cache_size = principal_cache_size
+        self._principals: IdentityMemo[Principal] = IdentityMemo(principal_cache_size)
 
     def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Pending:
         certificate = client_certificate(context.auth_context())
@@ -85,20 +82,10 @@ class TokenAuthentication(CallGuard):
 
     def _accept(self, token: VerifiedToken, certificate: ClientCertificate | None) -> None:
         self._binding.check(token, certificate)
-        principal = self._principal(token, certificate)
-        bind_principal(principal)
-        current_record().principal = principal
-
-    def _principal(self, token: VerifiedToken, certificate: ClientCertificate | None) -> Principal:
-        key = (id(token), id(certificate))
-        known = self._principals.get(key)  # an entry keeps both objects, so their ids alive
-        if known is not None:
-            return known[2]
-        principal = Principal.of(token, certificate)
-        if len(self._principals) >= self._principal_cache_size:
-            del self._principals[next(iter(self._principals))]  # the oldest
-        self._principals[key] = (token, certificate, principal)
-        return principal
+        bind_principal(
+            self._principals.get((token, certificate))
+            or self._principals.remember((token, certificate), Principal.of(token, certificate))
+        )
 
 
 __all__ = ["CertificateAllowlist", "TokenAuthentication", "bearer_token"]

@@ -2,8 +2,8 @@
 
 The audit interceptor opens a record per call; the pieces the call passes
 through add to it (the rate limits it drew on, the GPU cost charged, the
-image parameters, digests). Like the principal, it lives in a context
-variable: each call runs in its own task.
+image parameters, digests, the authenticated principal). It lives in a
+context variable: each call runs in its own task.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc.aio
 
-from pixelgate.server.principal import Principal
 from pixelgate.server.rate_limit import Decision, Limit
 from pixelgate.server.rate_limit_fields import quota_metadata
+
+if TYPE_CHECKING:
+    from pixelgate.server.principal import Principal
 
 
 @dataclass(slots=True)
@@ -36,8 +38,7 @@ class CallRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     """Validated image parameters (no prompt)."""
     principal: Principal | None = None
-    """Who called, once authenticated (kept here: the line may be written after
-    the call's own context is gone)."""
+    """Who called, once authenticated (see principal.py)."""
     prompt_sha256: str | None = None
     image_sha256s: list[str] = field(default_factory=list)
     initial_metadata_sent: bool = False

@@ -1,18 +1,17 @@
 """Who is calling: the authenticated principal of the current call.
 
-Authentication binds it for the duration of the call; authorization, rate
-limiting, the servicer and the access log read it. A context variable is the
-asyncio equivalent of a per-call context: each call runs in its own task.
+Authentication binds it to the call's record for the duration of the call;
+authorization, rate limiting, the servicer and the audit line read it there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pixelgate.server.call_record import current_record
 from pixelgate.server.client_identity import ClientCertificate
 from pixelgate.server.errors import Unauthenticated
 from pixelgate.server.token_verifier import VerifiedToken
@@ -50,17 +49,14 @@ class Principal:
         return f"{self.issuer} {self.subject}"
 
 
-_current: ContextVar[Principal | None] = ContextVar("pixelgate_principal", default=None)
-
-
 def bind_principal(principal: Principal) -> None:
     """Makes `principal` the current call's caller."""
-    _current.set(principal)
+    current_record().principal = principal
 
 
 def current_principal() -> Principal:
     """The current call's caller; fails closed when nothing authenticated it."""
-    principal = _current.get()
+    principal = current_record().principal
     if principal is None:
         raise Unauthenticated("missing bearer access token")
     return principal

@@ -81,6 +81,8 @@ def _reason(error: jwt.PyJWTError) -> str:
 
 
 def _digest(token: str) -> bytes:
+    if len(token) > MAX_TOKEN_BYTES:  # refused before any work on it
+        raise Unauthenticated("access token too large")
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -111,9 +113,22 @@ class TokenVerifier:
     def verified_before(self, token: str) -> VerifiedToken | None:
         """What `token` says, if it was verified before and still holds (no I/O, no
         signature check); None when verify() must look at it."""
-        if len(token) > MAX_TOKEN_BYTES:
-            raise Unauthenticated("access token too large")
+        return self._cached(_digest(token))
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Verifies `token` (or finds it verified before) and returns what it says."""
         digest = _digest(token)
+        known = self._cached(digest)
+        if known is not None:
+            return known
+        result = await self._verify(token)
+        if self._cache_size:
+            self._cache[digest] = result
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result.token
+
+    def _cached(self, digest: bytes) -> VerifiedToken | None:
         cached = self._cache.get(digest)
         if cached is None:
             return None
@@ -122,19 +137,6 @@ class TokenVerifier:
             return cached.token
         del self._cache[digest]
         return None
-
-    async def verify(self, token: str) -> VerifiedToken:
-        """Verifies `token` (or finds it verified before) and returns what it says."""
-        known = self.verified_before(token)
-        if known is not None:
-            return known
-        digest = _digest(token)
-        result = await self._verify(token)
-        if self._cache_size:
-            self._cache[digest] = result
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result.token
 
     def _still_good(self, cached: _Cached) -> bool:
         # Expired tokens fall out, and so does every token of a retired key.
