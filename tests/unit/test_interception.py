@@ -1,4 +1,5 @@
-"""The interceptor chain: guards admit or refuse, wrappers see how each call ends, any shape."""
+"""The interceptor chain: guards admit or refuse, wrappers see how each call ends, any shape;
+request bodies are parsed only after the guards."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any, NamedTuple
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
+from pixelgate.server.errors import FieldViolation, RequestInvalid
 from pixelgate.server.interception import (
     CallGuard,
     CallWrapper,
@@ -18,6 +22,8 @@ from pixelgate.server.interception import (
     request_metadata,
     wrap_handler,
 )
+from pixelgate.server.request_parsing import request_parser
+from pixelgate.v1 import image_service_pb2 as pb
 
 METHOD = "/pixelgate.v1.ImageService/GenerateImage"
 OTHER = "/pixelgate.v1.ImageService/ListModels"
@@ -201,16 +207,171 @@ SHAPES: list[tuple[str, Callable[..., Any]]] = [
 
 
 @pytest.mark.parametrize(("shape", "make"), SHAPES)
-def test_wrapping_keeps_the_handler_shape_and_serializers(shape: str, make: Callable) -> None:
-    """Each of the four shapes comes back as itself, with the same (de)serializers."""
+def test_wrapping_keeps_the_handler_shape_and_takes_raw_bytes(shape: str, make: Callable) -> None:
+    """Each shape comes back as itself with its response serializer; grpcio hands it raw bytes."""
     handler = make(lambda request, context: None, bytes.decode, str.encode)
     wrapped = _wrap(handler, [], [])
     assert wrapped.request_streaming == handler.request_streaming
     assert wrapped.response_streaming == handler.response_streaming
-    assert wrapped.request_deserializer is bytes.decode
+    assert wrapped.request_deserializer is None  # parsed by the chain, after the guards
     assert wrapped.response_serializer is str.encode
     for other, _ in SHAPES:
         assert (getattr(wrapped, other) is not None) == (other == shape)
+
+
+class Parser:
+    """A request deserializer that logs each body it parses and refuses b"bad"."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def __call__(self, raw: bytes) -> str:
+        self.log.append(f"parse {raw.decode()}")
+        if raw == b"bad":
+            raise ValueError("parser text that must not reach the caller")
+        return raw.decode().upper()
+
+
+async def _requests(bodies: tuple[bytes, ...], deserialize: Callable) -> AsyncIterator[Any]:
+    for body in bodies:
+        yield deserialize(body)
+
+
+def _call_shape(shape: str, wrapped: Any, *bodies: bytes) -> Any:
+    """Calls a wrapped handler of `shape` as grpcio would: bodies through its request
+    deserializer, if it has one, before the call (unary) or as each is read (stream)."""
+    behaviour = getattr(wrapped, shape)
+    deserialize = wrapped.request_deserializer or (lambda body: body)
+    if shape.startswith("stream"):
+        result = behaviour(_requests(bodies, deserialize), FakeContext())
+    else:
+        result = behaviour(deserialize(bodies[0]), FakeContext())
+    if shape.endswith("stream"):
+        return asyncio.run(_drain(result))
+    return asyncio.run(result)
+
+
+def _echo_handler(make: Callable, shape: str, log: list[Any]) -> Any:
+    """A handler of `shape` that logs and answers each request it gets."""
+
+    async def unary_request(request: Any) -> list[Any]:
+        log.append(f"handler {request}")
+        return [request]
+
+    async def stream_request(requests: Any) -> list[Any]:
+        answers = []
+        async for request in requests:
+            log.append(f"handler {request}")
+            answers.append(request)
+        return answers
+
+    read = stream_request if shape.startswith("stream") else unary_request
+    if shape.endswith("stream"):
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            for answer in await read(request):
+                yield answer
+
+        return make(streaming, Parser(log))
+
+    async def unary(request: Any, context: Any) -> Any:
+        return await read(request)
+
+    return make(unary, Parser(log))
+
+
+@pytest.mark.parametrize(("shape", "make"), SHAPES)
+def test_the_request_is_parsed_only_once_every_guard_has_admitted_the_call(
+    shape: str, make: Callable
+) -> None:
+    """Guards decide on a call whose body is still bytes; the handler gets it parsed."""
+    log: list[Any] = []
+    guards = [Guard("now", log), Guard("later", log, "later")]
+    wrapped = _wrap(_echo_handler(make, shape, log), [], guards)
+    result = _call_shape(shape, wrapped, b"one", b"two")
+    if shape.startswith("stream"):  # each message parsed as the handler reads it
+        assert result == ["ONE", "TWO"]
+        expected = "parse one, handler ONE, parse two, handler TWO"
+    else:
+        assert result == ["ONE"]
+        expected = "parse one, handler ONE"
+    assert log == _steps(f"admit now, admit later, decided later, {expected}")
+
+
+@pytest.mark.parametrize(("shape", "make"), SHAPES)
+def test_a_refused_call_never_parses_its_body(shape: str, make: Callable) -> None:
+    """A guard's refusal comes first: bytes from a refused caller reach no parser."""
+    log: list[Any] = []
+    wrapped = _wrap(_echo_handler(make, shape, log), [], [Guard("no", log, "refuse later")])
+    with pytest.raises(Refused):
+        _call_shape(shape, wrapped, b"bad")
+    assert log == ["admit no", "decided no"]
+
+
+@pytest.mark.parametrize(("shape", "make"), SHAPES)
+def test_a_body_that_does_not_parse_reaches_the_wrappers_as_invalid_argument(
+    shape: str, make: Callable
+) -> None:
+    """The parser's failure becomes INVALID_ARGUMENT naming the body, with none of its text."""
+    log: list[Any] = []
+    audit = Recorder("audit", log)
+    wrapped = _wrap(_echo_handler(make, shape, log), [audit], [])
+    bodies = (b"fine", b"bad") if shape.startswith("stream") else (b"bad",)
+    with pytest.raises(RequestInvalid) as raised:
+        _call_shape(shape, wrapped, *bodies)
+    refusal = raised.value
+    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal.violations == (
+        FieldViolation("request body", "request body is not a valid request message"),
+    )
+    assert refusal.message == "request body is not a valid request message"
+    assert refusal.__cause__ is None and refusal.__suppress_context__  # no parser traceback
+    assert audit.errors == [refusal]
+    assert log[-2:] == ["parse bad", "exit audit"]
+
+
+def _field(number: int, value: bytes) -> bytes:
+    return bytes([number << 3 | 2, len(value)]) + value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xff"],
+    ids=["lone-surrogate", "overlong", "beyond-U+10FFFF", "not-a-lead-byte"],
+)
+def test_invalid_utf8_is_named_by_its_field(bad: bytes) -> None:
+    """protobuf refuses the whole message; the refusal names the string field holding the bytes."""
+    body = _field(1, b"a fox") + _field(2, b"blurry " + bad)
+    with pytest.raises(DecodeError):
+        pb.GenerateImageRequest.FromString(body)
+    with pytest.raises(RequestInvalid) as raised:
+        request_parser(pb.GenerateImageRequest.FromString)(body)
+    assert raised.value.violations == (
+        FieldViolation("negative_prompt", "negative_prompt must be valid UTF-8"),
+    )
+
+
+def test_invalid_utf8_in_nested_messages_and_maps_is_named_by_its_path() -> None:
+    """Strings inside nested messages, repeated fields and map keys get a path to them."""
+    body = struct_pb2.Struct(fields={"good": struct_pb2.Value(string_value="ok")})
+    raw = body.SerializeToString()
+    broken = raw.replace(b"good", b"go\xc0\xaf").replace(b"ok", b"\xed\xa0")
+    with pytest.raises(RequestInvalid) as raised:
+        request_parser(struct_pb2.Struct.FromString)(broken)
+    assert [v.field for v in raised.value.violations] == [
+        "fields[0].key",
+        "fields[0].value.string_value",
+    ]
+
+
+def test_the_lenient_twin_leaves_the_real_types_strict() -> None:
+    """Diagnosing a body builds a private twin; the real message type still refuses bad UTF-8."""
+    body = _field(1, b"\xed\xa0\x80")
+    with pytest.raises(RequestInvalid):
+        request_parser(pb.GenerateImageRequest.FromString)(body)
+    with pytest.raises(DecodeError):
+        pb.GenerateImageRequest.FromString(body)
+    assert pb.GenerateImageRequest.FromString(_field(1, b"ok")).prompt == "ok"
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,31 @@ def test_prompt_required(validator: RequestValidator, prompt: str) -> None:
     assert _only_violation(validator, "prompt", prompt=prompt) == "prompt is required"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "\u200b",  # zero-width space
+        "\u200c\u200d",  # zero-width non-joiner, joiner
+        "\u2060\ufeff",  # word joiner, byte-order mark
+        " \u00ad \u180e\u2061 ",  # soft hyphen, Mongolian vowel separator, function application
+        "\U000e0041\U000e007f",  # tag characters
+        "\u3164\u115f\ufe0f\u034f",  # Hangul fillers, variation selector, grapheme joiner
+    ],
+    ids=["zwsp", "zwnj-zwj", "wj-bom", "format-and-spaces", "tags", "default-ignorables"],
+)
+def test_prompt_of_only_invisible_characters_required(
+    validator: RequestValidator, prompt: str
+) -> None:
+    """A prompt that renders as nothing (format and other ignorable characters) is empty."""
+    assert _only_violation(validator, "prompt", prompt=prompt) == "prompt is required"
+
+
+def test_invisible_characters_beside_visible_text_are_kept(validator: RequestValidator) -> None:
+    """Only a prompt of nothing but invisible characters is empty; joiners inside words stay."""
+    assert validator.validate(_request(prompt="a\u200dfox")).prompt == "a\u200dfox"
+    assert validator.validate(_request(negative_prompt="\u200b\u2060")).negative_prompt == ""
+
+
 def test_prompt_byte_bound(validator: RequestValidator) -> None:
     """A prompt of exactly the byte bound passes; one byte more is refused."""
     assert validator.validate(_request(prompt="x" * MAX_PROMPT_BYTES)).prompt == "x" * 40

@@ -8,10 +8,12 @@ limit involved and never carry tokens, keys, prompts or exception text.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 
 class ServiceError(Exception):
@@ -40,6 +42,30 @@ class InvalidArgument(ServiceError):
     """The request breaks a documented bound; the message names the field and the bound."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One broken bound: which field, and what it must be."""
+
+    field: str
+    description: str
+
+
+class RequestInvalid(InvalidArgument):
+    """INVALID_ARGUMENT carrying every violation found, in the message and as BadRequest."""
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in violations
+            ]
+        )
+        super().__init__("; ".join(v.description for v in violations), details=[bad_request])
+        self.violations = tuple(violations)
 
 
 class NotFound(ServiceError):
@@ -84,9 +110,11 @@ INTERNAL_MESSAGE = "internal error"
 __all__ = [
     "INTERNAL_MESSAGE",
     "DeadlineExceeded",
+    "FieldViolation",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "RequestInvalid",
     "ResourceExhausted",
     "ServiceError",
     "Unauthenticated",

@@ -5,6 +5,12 @@ The chain rebuilds each method handler with the same request/response shape
 through it and a guard can refuse a call before the handler's first message.
 A step is a CallWrapper (runs around the whole call and sees how it ends) or
 a CallGuard (admits or refuses before the handler); each overrides one method.
+
+grpcio hands the chain raw request bytes: they are parsed only once the guards
+have admitted the call (`request_parsing.py`), so a body that does not parse
+is refused like any call, rate-limited, authenticated and audited first. A
+request stream is parsed message by message as the handler iterates it; a
+handler that reads with `context.read()` would see raw bytes (none here does).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
+from pixelgate.server.request_parsing import request_reader
 
 MethodFilter = Callable[[str], bool]
 """Says, from the full method name (`/package.Service/Method`), whether a piece applies."""
@@ -159,18 +167,22 @@ class MethodChain:
 def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any], chain: MethodChain
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Returns `handler` with every call run through `chain`, same shape."""
-    request_deserializer = handler.request_deserializer
+    """Returns `handler` with every call run through `chain`, same shape.
+
+    The wrapped handler takes raw bytes (no request deserializer) and parses
+    them with the handler's deserializer after the guards.
+    """
     response_serializer = handler.response_serializer
+    read = request_reader(handler.request_deserializer, streaming=handler.request_streaming)
 
     behaviour = handler.unary_unary or handler.stream_unary
     if behaviour is not None:
         is_coroutine = inspect.iscoroutinefunction(behaviour)
 
-        async def wrapped_unary_response(request: Any, context: Any) -> Any:
+        async def wrapped_unary_response(raw: Any, context: Any) -> Any:
             states = await chain.enter(context)
             try:
-                response = behaviour(request, context)
+                response = behaviour(read(raw), context)
                 if is_coroutine or inspect.isawaitable(response):
                     response = await response
             except BaseException as error:
@@ -184,17 +196,17 @@ def wrap_handler(
             if handler.unary_unary is not None
             else grpc.stream_unary_rpc_method_handler
         )
-        return make(wrapped_unary_response, request_deserializer, response_serializer)
+        return make(wrapped_unary_response, None, response_serializer)
 
     streaming = handler.unary_stream or handler.stream_stream
     assert streaming is not None, "a handler has one of the four shapes"
 
-    async def wrapped_stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
+    async def wrapped_stream_response(raw: Any, context: Any) -> AsyncIterator[Any]:
         states = await chain.enter(context)
         try:
             # Closed here, before the wrappers exit, even when gRPC abandons the
             # stream: the handler's own clean-up (refunds, records) comes first.
-            async with contextlib.aclosing(_responses(streaming(request, context))) as responses:
+            async with contextlib.aclosing(_responses(streaming(read(raw), context))) as responses:
                 async for response in responses:
                     yield response
         except BaseException as error:
@@ -207,7 +219,7 @@ def wrap_handler(
         if handler.unary_stream is not None
         else grpc.stream_stream_rpc_method_handler
     )
-    return make_streaming(wrapped_stream_response, request_deserializer, response_serializer)
+    return make_streaming(wrapped_stream_response, None, response_serializer)
 
 
 class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -2,10 +2,11 @@
 
 All violations are collected, so a caller fixes a request in one round trip;
 each names the field and the bound, in the message and as google.rpc.BadRequest
-field violations. Prompts are NFC-normalized and refused if they hold control
-or bidirectional-override characters (which can make logged or displayed text
-read differently from what the model sees), or exceed the byte or token
-bound. Nothing here echoes a prompt back.
+field violations. Prompts are NFC-normalized; one of only whitespace and
+invisible characters (zero-width, format, other default-ignorable ones) is
+empty; one is refused if it holds control or bidirectional-override characters
+(which can make logged or displayed text read differently from what the model
+sees), or exceeds the byte or token bound. Nothing here echoes a prompt back.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import math
 import secrets
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
-
-from google.rpc import error_details_pb2
 
 from pixelgate.server.config import OutputSettings
 from pixelgate.server.encoding import ImageFormat
-from pixelgate.server.errors import InvalidArgument, NotFound
+from pixelgate.server.errors import FieldViolation, NotFound, RequestInvalid
 from pixelgate.server.generation import GenerationRequest
 from pixelgate.server.models import ModelCard
 from pixelgate.v1 import image_service_pb2 as pb
@@ -45,30 +43,6 @@ class KnownModel(Protocol):
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes, special tokens excluded."""
         ...
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """One broken bound: which field, and what it must be."""
-
-    field: str
-    description: str
-
-
-class RequestInvalid(InvalidArgument):
-    """INVALID_ARGUMENT carrying every violation found."""
-
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in violations
-            ]
-        )
-        super().__init__("; ".join(v.description for v in violations), details=[bad_request])
-        self.violations = tuple(violations)
 
 
 class RequestValidator:
@@ -187,7 +161,7 @@ class RequestValidator:
         required: bool = False,
     ) -> str:
         text = unicodedata.normalize("NFC", value)
-        if not text.strip():
+        if _is_blank(text):
             if required:
                 violations.append(FieldViolation(field, f"{field} is required"))
             return ""
@@ -225,6 +199,38 @@ class RequestValidator:
 
 _BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
 """Embeddings, overrides and isolates (LRE..RLO, LRI..PDI): the "Trojan Source" characters."""
+
+
+_INVISIBLE = frozenset(
+    map(
+        chr,
+        [
+            0x034F,  # combining grapheme joiner
+            0x115F,  # Hangul fillers
+            0x1160,
+            0x3164,
+            0xFFA0,
+            0x17B4,  # Khmer inherent vowels
+            0x17B5,
+            *range(0x180B, 0x1810),  # Mongolian variation selectors
+            *range(0xFE00, 0xFE10),  # variation selectors
+            *range(0xE0100, 0xE01F0),
+        ],
+    )
+)
+"""Unicode's default-ignorable characters outside category Cf: shown as nothing."""
+
+
+def _is_blank(text: str) -> bool:
+    # Usually decided by the first character; a prompt that renders as nothing is empty.
+    for character in text:
+        if not (
+            character.isspace()
+            or character in _INVISIBLE
+            or unicodedata.category(character) == "Cf"
+        ):
+            return False
+    return True
 
 
 def _is_forbidden(character: str) -> bool:
