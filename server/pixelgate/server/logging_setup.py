@@ -4,6 +4,10 @@ Every call writes an audit line; formatting it and writing it (a system call,
 perhaps a slow disk or pipe) must not stall the loop that serves the calls.
 The loop only hands records to a queue; one listener thread formats them
 (messages, timestamps, the audit JSON) and writes them out.
+
+The writing handler carries the log filters (log_filters.py), so every record
+that reaches it, from any logger, grpcio's included, is cleaned of credentials,
+in the listener thread, before it is formatted.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import logging.handlers
 import queue
 import sys
+
+from pixelgate.server.log_filters import CredentialRedactor, ExpectedEventDemoter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_LIBRARIES = ("diffusers", "transformers", "httpx", "huggingface_hub")
@@ -32,15 +38,19 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
 
 def configure_logging(level: str | int = "INFO") -> logging.handlers.QueueListener:
     """Routes every record through a queue to stderr; returns the running listener."""
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(logging.Formatter(FORMAT))
-    listener = logging.handlers.QueueListener(records, output, respect_handler_level=True)
     root = logging.getLogger()
+    root.setLevel(level)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    formatter = logging.Formatter(FORMAT)
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(formatter)
+    # Demote first: a demoted record loses its traceback, which then needs no redacting.
+    output.addFilter(ExpectedEventDemoter(threshold=root.level))
+    output.addFilter(CredentialRedactor(formatter))
+    listener = logging.handlers.QueueListener(records, output, respect_handler_level=True)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(DeferredQueueHandler(records))
-    root.setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
     listener.start()
