@@ -138,6 +138,14 @@ def test_no_token_is_unauthenticated_and_exit_1(pixelgate, tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
+def test_an_unreadable_token_file_is_one_line_and_exit_1(pixelgate, tmp_path):
+    """`--token-file` naming no file: exit 1, one line naming the file, not UNAVAILABLE."""
+    missing = tmp_path / "no-such-token"
+    result = pixelgate("--token-file", str(missing), "models", token=None)
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr) == f"pixelgate: {missing}: No such file or directory"
+
+
 def test_models_lists_the_tiny_model(pixelgate):
     """`models` prints the tiny test model, marked default and test model."""
     result = pixelgate("models")

@@ -275,7 +275,7 @@ def test_unknown_kids_refresh_again_only_after_the_interval(issuer, start_pixelg
     assert 1 <= extra <= 1 + int(elapsed // interval)
 
 
-@pytest.mark.parametrize("failure", ["http-500", "not-json", "issuer-down"])
+@pytest.mark.parametrize("failure", ["http-500", "not-json", "nested-too-deep", "issuer-down"])
 def test_known_keys_keep_working_while_the_jwks_cannot_be_fetched(
     issuer, start_pixelgate, connect, failure
 ):
@@ -288,6 +288,8 @@ def test_known_keys_keep_working_while_the_jwks_cannot_be_fetched(
         issuer.jwks_status = 500
     elif failure == "not-json":
         issuer.jwks_body = b"<html>maintenance</html>"
+    elif failure == "nested-too-deep":
+        issuer.jwks_body = b"[" * 100_000  # within the size limit, beyond json's recursion
     else:
         issuer.stop()
     before = issuer.fetches("/jwks")

@@ -4,6 +4,9 @@ with PixelgateClient("127.0.0.1:50051", ca_file=..., cert_file=..., key_file=...
                      token=Path("token")) as client:
     [image] = client.generate("a red fox in the snow", seed=7)
     Path("fox.png").write_bytes(image.data)
+
+`token=` also takes a `ClientCredentials`, which gets tokens from an OAuth 2.0
+authorization server itself (see its docstring).
 """
 
 from pixelgate.client.client import OUTPUT_FORMATS, PixelgateClient, RetryPolicy
@@ -17,13 +20,17 @@ from pixelgate.client.errors import (
     PixelgateError,
     RateLimited,
     ServerError,
+    TokenEndpointError,
     Unauthenticated,
     Unavailable,
 )
 from pixelgate.client.images import GeneratedImage
+from pixelgate.client.oauth import AuthMethod, ClientCredentials
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "AuthMethod",
+    "ClientCredentials",
     "DeadlineExceeded",
     "GeneratedImage",
     "IncompleteImage",
@@ -35,6 +42,7 @@ __all__ = [
     "RateLimited",
     "RetryPolicy",
     "ServerError",
+    "TokenEndpointError",
     "TokenSource",
     "Unauthenticated",
     "Unavailable",

@@ -3,8 +3,10 @@
 Connection settings come from flags or PIXELGATE_* environment variables and
 default to the development PKI under certs/dev. The access token comes from
 PIXELGATE_TOKEN, a token file, or an OAuth 2.0 token endpoint (client
-credentials; the secret from a file, never from the command line). On failure
-it prints one line (`pixelgate: STATUS: message`) and exits 1.
+credentials; the secret from a file, never from the command line; by default
+asking for the scopes the command's RPC declares). On failure it prints one
+line (`pixelgate: STATUS: message`, or `pixelgate: token endpoint refused: CODE
+(HTTP STATUS)`) and exits 1.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from pixelgate.client.errors import PixelgateError
 from pixelgate.client.images import GeneratedImage
 from pixelgate.client.oauth import ClientCredentials
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
+from pixelgate.v1 import access_pb2
 from pixelgate.v1 import image_service_pb2 as pb
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+COMMAND_RPCS = {"generate": "GenerateImage", "models": "ListModels"}
+"""The ImageService method each command calls (health calls none)."""
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -64,10 +70,20 @@ def _parser() -> argparse.ArgumentParser:
         help="file holding the client secret",
     )
     oauth.add_argument(
-        "--oauth-scope", action="append", help="repeatable (default: PIXELGATE_OAUTH_SCOPES)"
+        "--oauth-scope",
+        action="append",
+        help="repeatable (default: PIXELGATE_OAUTH_SCOPES, else the scopes the command needs)",
     )
-    oauth.add_argument("--oauth-audience", default=_env("OAUTH_AUDIENCE"))
-    oauth.add_argument("--oauth-resource", default=_env("OAUTH_RESOURCE"))
+    oauth.add_argument(
+        "--oauth-resource",
+        default=_env("OAUTH_RESOURCE"),
+        help="RFC 8707 resource: the URI the issuer knows this service by",
+    )
+    oauth.add_argument(
+        "--oauth-audience",
+        default=_env("OAUTH_AUDIENCE"),
+        help="the same for issuers that take `audience` instead (Auth0)",
+    )
     oauth.add_argument(
         "--oauth-auth-method",
         choices=["client_secret_basic", "client_secret_post"],
@@ -129,6 +145,8 @@ def _token(args: argparse.Namespace) -> TokenSource | None:
             raise ValueError("--oauth-token-url needs --client-id and --client-secret-file")
         secret = Path(args.client_secret_file).read_text(encoding="utf-8").strip()
         scopes = args.oauth_scope or (_env("OAUTH_SCOPES") or "").split()
+        if not scopes and args.command in COMMAND_RPCS:
+            scopes = required_scopes(COMMAND_RPCS[args.command])
         return ClientCredentials(
             args.oauth_token_url,
             args.client_id,
@@ -141,6 +159,12 @@ def _token(args: argparse.Namespace) -> TokenSource | None:
     if args.token_file is not None:
         return Path(args.token_file)
     return _env("TOKEN") or None  # an empty variable means no token, not an empty one
+
+
+def required_scopes(method: str) -> list[str]:
+    """The scopes ImageService's `method` declares in the proto (its `access` option)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["ImageService"].methods_by_name[method]
+    return list(descriptor.GetOptions().Extensions[access_pb2.access].required_scopes)
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:
@@ -289,6 +313,9 @@ def _call_server(args: argparse.Namespace) -> int:
             return 0
     except PixelgateError as error:
         print(f"pixelgate: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:  # the token file (read before each call) or an output file
+        print(f"pixelgate: {error.filename}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pixelgate: cancelled", file=sys.stderr)

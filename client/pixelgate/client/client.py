@@ -12,7 +12,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pixelgate.client.credentials import TokenSource, channel_credentials
+from pixelgate.client.credentials import TokenSource, channel_credentials, token_provider
 from pixelgate.client.errors import RateLimited, error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler
 from pixelgate.v1 import image_service_pb2 as pb
@@ -51,7 +51,13 @@ class RetryPolicy:
 
 
 class PixelgateClient:
-    """A connection to a pixelgate server. Use as a context manager, or call close()."""
+    """A connection to a pixelgate server. Use as a context manager, or call close().
+
+    The token comes from `token` before each call that needs one, in the calling
+    thread: a source that fails raises its own error from the call (a
+    `ClientCredentials` refused by its token endpoint raises `TokenEndpointError`,
+    an unreadable token file `OSError`), and the call is not made.
+    """
 
     def __init__(
         self,
@@ -66,8 +72,12 @@ class PixelgateClient:
     ) -> None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         credentials = channel_credentials(
-            ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token
+            ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=None
         )
+        # Per call rather than on the channel: gRPC runs channel call credentials in a
+        # thread of its own and turns any failure there into UNAVAILABLE, which blames
+        # the server for a refused client secret.
+        self._token = token_provider(token) if token is not None else None
         self._channel = grpc.secure_channel(target, credentials, options=options)
         self._images = pb_grpc.ImageServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -128,7 +138,9 @@ class PixelgateClient:
     def _stream_once(
         self, request: pb.GenerateImageRequest, num_images: int, timeout: float | None
     ) -> Iterator[Event]:
-        call = self._images.GenerateImage(request, timeout=timeout)
+        call = self._images.GenerateImage(
+            request, timeout=timeout, credentials=self._call_credentials()
+        )
         assembler = ImageAssembler()
         try:
             for response in call:
@@ -164,7 +176,19 @@ class PixelgateClient:
     def list_models(self, *, timeout: float | None = 10) -> list[pb.ModelInfo]:
         """The models the server offers, with their bounds."""
         request = pb.ListModelsRequest()
-        return self._unary(lambda: list(self._images.ListModels(request, timeout=timeout).models))
+        return self._unary(
+            lambda: list(
+                self._images.ListModels(
+                    request, timeout=timeout, credentials=self._call_credentials()
+                ).models
+            )
+        )
+
+    def _call_credentials(self) -> grpc.CallCredentials | None:
+        # Call credentials travel only over a secure channel, and this one always is.
+        if self._token is None:
+            return None
+        return grpc.access_token_call_credentials(self._token())
 
     def _unary(self, call: Callable[[], T]) -> T:
         attempt = 1
@@ -182,7 +206,10 @@ class PixelgateClient:
                 attempt += 1
 
     def health(self, service: str = "", *, timeout: float | None = 10) -> str:
-        """The serving status of `service` ("" = the whole server), e.g. "SERVING"."""
+        """The serving status of `service` ("" = the whole server), e.g. "SERVING".
+
+        Health checks need no token, so none is fetched for them.
+        """
         try:
             response = self._health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

@@ -4,7 +4,8 @@ Catch `PixelgateError` for all of them, or a subclass for one case:
 `RateLimited.retry_after` says when to come back, `InvalidArgument.violations`
 lists every bad field. Both come from the server's rich status details
 (google.rpc.RetryInfo, google.rpc.BadRequest), with the `retry-after` trailer
-as a fallback.
+as a fallback. `TokenEndpointError` comes before any call: the OAuth 2.0 token
+endpoint did not give a `ClientCredentials` source its token.
 """
 
 from __future__ import annotations
@@ -73,6 +74,25 @@ class IncompleteImage(PixelgateError):
 
     def __init__(self, details: str) -> None:
         super().__init__(None, details)
+
+
+class TokenEndpointError(PixelgateError):
+    """The OAuth 2.0 token endpoint refused, failed or could not be reached: no call was made.
+
+    `oauth_error` is the endpoint's RFC 6749 `error` code (e.g. `invalid_client`)
+    and `http_status` its HTTP status; both None when it could not be reached.
+    The message never holds the client secret.
+    """
+
+    def __init__(
+        self, details: str, *, oauth_error: str | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init__(None, details)
+        self.oauth_error = oauth_error
+        self.http_status = http_status
+
+    def __str__(self) -> str:
+        return self.details  # not a gRPC status: no status name in front
 
 
 _BY_CODE: dict[grpc.StatusCode, type[PixelgateError]] = {
@@ -154,6 +174,7 @@ __all__ = [
     "PixelgateError",
     "RateLimited",
     "ServerError",
+    "TokenEndpointError",
     "Unauthenticated",
     "Unavailable",
     "error_from_rpc",

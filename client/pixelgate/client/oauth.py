@@ -2,15 +2,18 @@
 
 A `ClientCredentials` is a token source (pass it as `token=`): it asks the
 token endpoint for an access token (RFC 6749 section 4.4), authenticating with
-client_secret_basic or client_secret_post, naming the target service with
-`audience` and/or an RFC 8707 `resource`, caches the token and fetches a new
-one shortly before it expires. Tokens and secrets never appear in errors.
+client_secret_basic or client_secret_post, asking for `scopes` and naming the
+target service with an RFC 8707 `resource` and/or `audience` (Auth0's name for
+it), caches the token and fetches a new one shortly before it expires. When the
+endpoint cannot be reached or refuses, the call raises `TokenEndpointError`
+(the OAuth `error` code and HTTP status); tokens and secrets never appear in errors.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,14 +24,15 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from pixelgate.client.errors import TokenEndpointError
+
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 
 DEFAULT_LIFETIME_SECONDS = 300.0
 """Assumed lifetime when the token endpoint omits `expires_in`."""
 
-
-class OAuthError(Exception):
-    """The token endpoint could not be reached or refused the request."""
+_ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
+"""RFC 6749 section 5.2's characters for `error`; anything else is not echoed."""
 
 
 def _loopback_http(url: str) -> bool:
@@ -69,6 +73,8 @@ class ClientCredentials:
     ) -> None:
         if urlsplit(token_url).scheme != "https" and not _loopback_http(token_url):
             raise ValueError("the token endpoint must be https:// (plain http only to loopback)")
+        if resource is not None and not _absolute_uri(resource):
+            raise ValueError("resource must be an absolute URI without a fragment (RFC 8707)")
         self._token_url = token_url
         self._client_id = client_id
         self._client_secret = client_secret
@@ -118,22 +124,42 @@ class ClientCredentials:
         try:
             response = self._http.post(self._token_url, data=form, headers=headers)
         except httpx.HTTPError as error:
-            raise OAuthError(f"token endpoint unreachable: {type(error).__name__}") from None
+            # httpx says why (refused, TLS, timeout); its message never holds the form.
+            cause = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+            raise TokenEndpointError(f"token endpoint unreachable: {cause}") from None
         try:
             body = response.json()
         except ValueError:
             body = {}
-        if response.status_code != 200:
-            reason = body.get("error", "") if isinstance(body, dict) else ""
-            raise OAuthError(f"token endpoint refused ({response.status_code} {reason})".strip())
-        token = body.get("access_token") if isinstance(body, dict) else None
-        token_type = str(body.get("token_type", "")).lower() if isinstance(body, dict) else ""
+        if not isinstance(body, dict):
+            body = {}
+        status = response.status_code
+        if status != 200:
+            raise _refusal(status, body.get("error"))
+        token = body.get("access_token")
+        token_type = str(body.get("token_type", "")).lower()
         if not isinstance(token, str) or not token or token_type != "bearer":  # noqa: S105
-            raise OAuthError("token endpoint answered without a bearer access_token")
+            raise TokenEndpointError(
+                f"token endpoint answered without a bearer access_token (HTTP {status})",
+                http_status=status,
+            )
         lifetime = body.get("expires_in", DEFAULT_LIFETIME_SECONDS)
         if not isinstance(lifetime, int | float) or lifetime <= 0:
             lifetime = DEFAULT_LIFETIME_SECONDS
         return _Cached(token=token, expires_at=requested_at + float(lifetime))
 
 
-__all__ = ["AuthMethod", "ClientCredentials", "OAuthError"]
+def _absolute_uri(value: str) -> bool:
+    return bool(urlsplit(value).scheme) and "#" not in value
+
+
+def _refusal(status: int, error: object) -> TokenEndpointError:
+    code = error if isinstance(error, str) and _ERROR_CODE.fullmatch(error) else None
+    verb = "failed" if status >= 500 else "refused"
+    reason = f"{code} (HTTP {status})" if code else f"HTTP {status}"
+    return TokenEndpointError(
+        f"token endpoint {verb}: {reason}", oauth_error=code, http_status=status
+    )
+
+
+__all__ = ["AuthMethod", "ClientCredentials"]

@@ -5,9 +5,12 @@ start-up. A remote JWKS, at a configured URL or at the `jwks_uri` of the
 issuer's metadata (RFC 8414, else OpenID discovery), is fetched over HTTPS,
 refreshed on a schedule, and once more when a token names an unknown `kid`,
 at most once per interval, so a flood of random `kid`s cannot hammer the
-issuer. A failed fetch keeps the last good keys (and, for a discovered JWKS,
-looks the issuer's metadata up again next time); a successful fetch is the
-truth: a key the issuer drops stops verifying, even if none is left.
+issuer. A refresh (metadata and JWKS together, from connecting to the last byte)
+ends within `http_timeout_seconds`, so an issuer that stalls cannot hold back
+callers, later refreshes or start-up. A failed fetch keeps the last good keys
+(and, for a discovered JWKS, looks the issuer's metadata up again next time); a
+successful fetch is the truth: a key the issuer drops stops verifying, even if
+none is left.
 """
 
 from __future__ import annotations
@@ -138,10 +141,11 @@ class RemoteJwks:
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def aclose(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._in_flight):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._owns_client:
             await self._client.aclose()
 
@@ -167,15 +171,25 @@ class RemoteJwks:
     async def _fetch(self) -> None:
         issuer = self._settings.issuer
         url = self._jwks_url
+        deadline = self._settings.http_timeout_seconds
         try:
-            url = url or await self._discover_jwks_url()
-            keys = keys_from_jwks(await self._get_json(url), self._settings.algorithms)
-        except (httpx.HTTPError, ValueError, UnusableKeyError) as error:
+            # httpx's timeout bounds each connect and each read: an issuer that sends
+            # its headers and then trickles the body passes them all. The refresh as a
+            # whole gets the deadline, or it would hold every waiter and refresh behind it.
+            async with asyncio.timeout(deadline):
+                url = url or await self._discover_jwks_url()
+                keys = keys_from_jwks(await self._get_json(url), self._settings.algorithms)
+        except (httpx.HTTPError, ValueError, UnusableKeyError, TimeoutError) as error:
+            reason = (
+                f"no complete answer within {deadline:g} s"
+                if isinstance(error, TimeoutError)
+                else _safe(error)
+            )
             log.warning(
                 "issuer %s: key refresh failed, keeping %d keys: %s",
                 issuer,
                 len(self._keys),
-                _safe(error),
+                reason,
             )
             if self._settings.jwks_url is None:
                 self._jwks_url = None  # the issuer may have moved its jwks_uri
@@ -225,7 +239,10 @@ class RemoteJwks:
                 body.extend(piece)
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise ValueError(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
-        document = json.loads(bytes(body))
+        try:
+            document = json.loads(bytes(body))
+        except RecursionError:  # deep nesting fits in the size limit; json recurses per level
+            raise ValueError(f"{url}: JSON nested too deeply") from None
         if not isinstance(document, dict):
             raise ValueError(f"{url}: not a JSON object")
         return document
@@ -236,7 +253,10 @@ class RemoteJwks:
             if not self._keys:
                 delay = min(delay, RETRY_WHILE_EMPTY_SECONDS)
             await asyncio.sleep(delay)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as error:  # a dead refresher would keep retired keys trusted
+                log.error("issuer %s: key refresh crashed: %s", self._settings.issuer, _safe(error))
 
 
 def _safe(error: Exception) -> str:
