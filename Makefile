@@ -16,12 +16,13 @@ PROTOS  := $(wildcard protos/pixelgate/v1/*.proto)
 STUBS   := protos/pixelgate/v1/descriptor_set.binpb
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install proto certs token model serve generate test lint clean
+.PHONY: help install proto certs token model serve generate test prove lint clean
 
 help:
 	@echo "make serve     set up (venv, deps, stubs, dev PKI, tiny model) and serve on $(HOST):$(PORT)"
 	@echo "make generate  ask the running server for an image: PROMPT='...' OUT=image.png"
 	@echo "make test      set up and run the test suite"
+	@echo "make prove     run the proof suite (not part of test); PROVE_ARGS=--short for CI's size"
 	@echo "make token     print a dev access token: SUBJECT=alice SCOPES='models:read'"
 	@echo "make proto | certs | model | lint | clean"
 
@@ -48,12 +49,12 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 proto: $(STUBS)
 
 $(CERTS)/ca.crt: | $(STUBS)
-	$(BIN)/pixelgate certs --out $(CERTS)
+	$(BIN)/pixelgate-dev certs --out $(CERTS)
 
 certs: $(CERTS)/ca.crt
 
 token: certs
-	@$(BIN)/pixelgate token $(if $(SUBJECT),--subject $(SUBJECT)) $(foreach s,$(SCOPES),--scope $(s))
+	@$(BIN)/pixelgate-dev token $(if $(SUBJECT),--subject $(SUBJECT)) $(foreach s,$(SCOPES),--scope $(s))
 
 model: $(STUBS)
 	$(BIN)/pixelgate-server --prepare-model
@@ -62,11 +63,16 @@ serve: certs
 	$(BIN)/pixelgate-server --host $(HOST) --port $(PORT)
 
 generate: certs
-	PIXELGATE_TOKEN="$$($(BIN)/pixelgate token --scope images:generate)" \
+	PIXELGATE_TOKEN="$$($(BIN)/pixelgate-dev token --scope images:generate)" \
 		$(BIN)/pixelgate --target $(HOST):$(PORT) generate "$(PROMPT)" -o $(OUT)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Not part of `make test`: real server processes, a real Redis, load, storms,
+# fuzzing; one line per scenario, non-zero on any loss, hang, leak or leak of a secret.
+prove: $(STUBS)
+	$(PY) tests/prove $(PROVE_ARGS)
 
 lint: $(STUBS)
 	$(BIN)/ruff check server client tests

@@ -1,13 +1,16 @@
-"""The `pixelgate` command line, run as a real process against a real mTLS server."""
+"""The `pixelgate` and `pixelgate-dev` command lines, run as real processes (a real mTLS server)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import os
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,18 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def _cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    return _run_module("pixelgate.client.cli", *args, env=env, cwd=cwd)
+
+
+def _dev_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run_module("pixelgate.dev.cli", *args, env=None, cwd=None)
+
+
+def _run_module(
+    module: str, *args: str, env: dict[str, str] | None, cwd: Path | None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pixelgate.client.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -162,8 +175,8 @@ def test_health_prints_serving_without_a_token(pixelgate):
 
 
 def test_token_mints_an_rfc9068_access_token(pki):
-    """`token` prints a signed at+jwt with the given sub and scope plus aud, iss, exp, iat, jti."""
-    result = _cli(
+    """`pixelgate-dev token` prints an at+jwt with the given sub, scope, aud, iss, exp, iat, jti."""
+    result = _dev_cli(
         "token", "--signing-key", str(pki.signing_key), "--subject", "bob", "--scope", "models:read"
     )
     assert result.returncode == 0, result.stderr
@@ -180,17 +193,53 @@ def test_token_mints_an_rfc9068_access_token(pki):
     jwt.decode(token, public_key, algorithms=["ES256"], audience=DEV_AUDIENCE, issuer=DEV_ISSUER)
 
 
+def test_a_token_bound_to_the_client_certificate_works_with_pixelgate(pki, pixelgate):
+    """`pixelgate-dev token --bind-certificate C` puts C's x5t#S256 in cnf; it works over C."""
+    result = _dev_cli(
+        "token", "--signing-key", str(pki.signing_key), "--bind-certificate", str(pki.client_cert)
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    der = x509.load_pem_x509_certificate(pki.client_cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["cnf"] == {"x5t#S256": thumbprint}
+    listed = pixelgate("models", token=token)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("tiny-sd-test")
+
+
+def test_an_unreadable_signing_key_is_one_line_and_exit_1(tmp_path):
+    """`pixelgate-dev token --signing-key MISSING`: exit 1, one line naming the key, no token."""
+    missing = tmp_path / "no-such-key"
+    result = _dev_cli("token", "--signing-key", str(missing))
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr).startswith(
+        f"pixelgate-dev: cannot load signing key {missing}:"
+    )
+    assert result.stdout == ""
+
+
+def test_the_development_commands_are_installed_apart_from_the_client():
+    """`pixelgate-dev` runs pixelgate.dev.cli; `pixelgate` stays the client's own command."""
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts["pixelgate-dev"] == "pixelgate.dev.cli:main"
+    assert scripts["pixelgate"] == "pixelgate.client.cli:main"
+
+
 def test_certs_creates_a_private_pki_idempotently(tmp_path):
-    """`certs --out DIR` writes every file, keys 0600; a second run leaves every byte as is."""
+    """`pixelgate-dev certs --out DIR` writes every file, keys 0600; a rerun changes no byte."""
     out = tmp_path / "dev"
-    first = _cli("certs", "--out", str(out))
+    first = _dev_cli("certs", "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(PKI_FILES)
     for name in PRIVATE_KEYS:
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
     contents = {name: (out / name).read_bytes() for name in PKI_FILES}
 
-    again = _cli("certs", "--out", str(out))
+    again = _dev_cli("certs", "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert {name: (out / name).read_bytes() for name in PKI_FILES} == contents
 
@@ -198,7 +247,7 @@ def test_certs_creates_a_private_pki_idempotently(tmp_path):
 def test_certs_have_the_extensions_tls_validators_check(tmp_path):
     """Server cert: localhost/127.0.0.1, serverAuth, SKI/AKI; client: spiffe URI, clientAuth."""
     out = tmp_path / "dev"
-    assert _cli("certs", "--out", str(out)).returncode == 0
+    assert _dev_cli("certs", "--out", str(out)).returncode == 0
     ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((out / "server.crt").read_bytes())
     client = x509.load_pem_x509_certificate((out / "client.crt").read_bytes())

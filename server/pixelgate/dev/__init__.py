@@ -2,6 +2,7 @@
 
 Nothing here is for production. `make certs` writes the files under
 `certs/dev/` (git-ignored); the server's embedded default trusts exactly them.
+`pixelgate-dev` (`cli.py`) is the command line; the client never imports this.
 """
 
 from pathlib import Path
