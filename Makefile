@@ -15,8 +15,14 @@ CERTS   := certs/dev
 PROTOS  := $(wildcard protos/pixelgate/v1/*.proto)
 STUBS   := protos/pixelgate/v1/descriptor_set.binpb
 INSTALLED := $(VENV)/.installed
+# The API contract is checked with buf (npm @bufbuild/buf, pinned; lives in the venv, never committed).
+BUF_VERSION := 1.75.0
+BUF         := $(VENV)/buf/node_modules/.bin/buf
+BUF_STAMP   := $(VENV)/buf/.installed-$(BUF_VERSION)
+# The contract as last released: `buf breaking` compares protos/ with it.
+BASELINE    := protos/baseline/pixelgate-v1.binpb
 
-.PHONY: help install proto certs token model serve generate test prove lint clean
+.PHONY: help install proto proto-baseline certs token model serve generate test prove lint buf-lint clean
 
 help:
 	@echo "make serve     set up (venv, deps, stubs, dev PKI, tiny model) and serve on $(HOST):$(PORT)"
@@ -24,7 +30,7 @@ help:
 	@echo "make test      set up and run the test suite"
 	@echo "make prove     run the proof suite (not part of test); PROVE_ARGS=--short for CI's size"
 	@echo "make token     print a dev access token: SUBJECT=alice SCOPES='models:read'"
-	@echo "make proto | certs | model | lint | clean"
+	@echo "make proto | proto-baseline | certs | model | lint | clean"
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,7 +80,21 @@ test: lint
 prove: $(STUBS)
 	$(PY) tests/prove $(PROVE_ARGS)
 
-lint: $(STUBS)
+# --ignore-scripts: the package's bin shim finds its platform binary without the postinstall.
+$(BUF_STAMP):
+	rm -rf $(VENV)/buf
+	npm install --no-save --no-audit --no-fund --ignore-scripts --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+	touch $@
+
+buf-lint: $(BUF_STAMP)
+	$(BUF) lint protos
+	$(BUF) breaking protos --against $(BASELINE) --exclude-imports
+
+# Run on purpose, at a release: from then on, breaking checks compare with this contract.
+proto-baseline: $(BUF_STAMP)
+	$(BUF) build protos --exclude-source-info -o $(BASELINE)
+
+lint: $(STUBS) buf-lint
 	$(BIN)/ruff check server client tests
 	$(BIN)/ruff format --check server client tests
 	$(BIN)/mypy
