@@ -136,8 +136,6 @@ class RedisServer:
     def __init__(self, directory: Path) -> None:
         import shutil
         import socket
-        import subprocess
-        import time
 
         binary = shutil.which("redis-server")
         if binary is None:
@@ -146,9 +144,18 @@ class RedisServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._binary = binary
+        self._directory = directory
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server on its port (again, after stop()); returns once it answers."""
+        import subprocess
+        import time
+
         self._process = subprocess.Popen(
             [
-                binary,
+                self._binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -158,7 +165,7 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--dir",
-                str(directory),
+                str(self._directory),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

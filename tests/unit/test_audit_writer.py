@@ -198,3 +198,19 @@ def test_an_unauthenticated_call_has_no_principal_in_its_line():
     assert entry["request"] is None
     assert entry["image_sha256"] == []
     assert entry["time"] == "1970-01-01T00:00:00.000+00:00"
+
+
+def test_a_call_ended_for_a_reason_its_status_does_not_tell_says_why():
+    """A CANCELLED call whose reader stalled carries `reason`; a line without one has no key."""
+    from pixelgate.server.audit_log import AuditLines
+    from pixelgate.server.call_record import CallRecord
+
+    stalled = CallRecord(method="/m", peer="p")
+    stalled.reason = "stalled_reader"
+    lines = AuditLines()
+
+    entry = json.loads(lines.line(stalled, "CANCELLED", None, 0.0))
+    plain = json.loads(lines.line(CallRecord(method="/m", peer="p"), "CANCELLED", None, 0.0))
+
+    assert (entry["status"], entry["reason"]) == ("CANCELLED", "stalled_reader")
+    assert "reason" not in plain

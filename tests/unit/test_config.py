@@ -279,3 +279,37 @@ def test_engine_devices_are_checked(tmp_path: Path) -> None:
     assert "unknown device 'tpu'" in _config_error(tmp_path, '[engine]\ndevices = ["tpu"]\n')
     mixed = '[engine]\ndevices = ["auto", "cpu"]\n'
     assert '"auto" stands alone' in _config_error(tmp_path, mixed)
+
+
+def test_connections_have_safe_finite_defaults() -> None:
+    """With no [connections] section every connection is still bounded: a handshake within
+    grpc's own 120 s default, idle and age limits, pings answered, a stream cap."""
+    connections = load_settings().connections
+    assert 0 < connections.handshake_timeout_seconds < 120
+    assert 0 < connections.keepalive_timeout_seconds < connections.keepalive_time_seconds
+    assert 0 < connections.max_idle_seconds < connections.max_age_seconds
+    assert 0 < connections.max_age_grace_seconds < connections.max_age_seconds
+    assert 1 <= connections.max_concurrent_streams <= 1000
+    assert connections.keepalive_without_calls is False
+
+
+def test_connections_are_read_and_checked(tmp_path: Path) -> None:
+    """[connections] values come from the file; a zero timeout, no streams at all or an
+    unknown key is refused, naming the field."""
+    path = _write(tmp_path, "[connections]\nhandshake_timeout_seconds = 3\nmax_idle_seconds = 60\n")
+    connections = load_settings(path).connections
+    assert (connections.handshake_timeout_seconds, connections.max_idle_seconds) == (3, 60)
+    zero = "[connections]\nhandshake_timeout_seconds = 0\n"
+    assert "connections.handshake_timeout_seconds" in _config_error(tmp_path, zero)
+    no_streams = "[connections]\nmax_concurrent_streams = 0\n"
+    assert "connections.max_concurrent_streams" in _config_error(tmp_path, no_streams)
+    unknown = "[connections]\nidle_timeout = 5\n"
+    assert "connections.idle_timeout" in _config_error(tmp_path, unknown)
+
+
+def test_the_redis_probe_interval_is_positive(tmp_path: Path) -> None:
+    """The health probe's interval is read from [rate_limit]; zero is refused."""
+    path = _write(tmp_path, "[rate_limit]\nredis_probe_interval_seconds = 5\n")
+    assert load_settings(path).rate_limit.redis_probe_interval_seconds == 5
+    zero = "[rate_limit]\nredis_probe_interval_seconds = 0\n"
+    assert "rate_limit.redis_probe_interval_seconds" in _config_error(tmp_path, zero)

@@ -11,7 +11,9 @@ proto), per-caller rate limit;
 then the servicer, which validates, applies per-caller policy and GPU quota,
 and submits to the engine (admission, fair batching queue, a worker per
 device). Health and reflection need mutual TLS (the transport
-requires it of every connection) but no token.
+requires it of every connection) but no token. Health says SERVING once the
+default model is ready, and, where calls fail closed on a shared Redis, only
+while Redis answers.
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from pixelgate.server.audit_log import AuditLog, AuditWriter
 from pixelgate.server.authentication import CertificateAllowlist, TokenAuthentication
 from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
+from pixelgate.server.backend_health import BackendProbe, ServingHealth
 from pixelgate.server.caller_policy import CallerPolicy
 from pixelgate.server.client_identity import BindingPolicy
 from pixelgate.server.config import (
     AuthSettings,
     ConfigError,
+    ConnectionSettings,
     EngineSettings,
     ModelSettings,
     RateLimitSettings,
@@ -73,6 +77,11 @@ SERVICE_NAME: str = IMAGE_SERVICE.full_name
 
 TOKENLESS_SERVICES: tuple[str, ...] = (health.SERVICE_NAME, reflection.SERVICE_NAME)
 """Services that need mutual TLS but no access token: the explicit exception list."""
+
+DEFAULT_MODEL_READY = "default model ready"
+"""A condition of SERVING: the default model is warm (or loads on first use)."""
+RATE_LIMITS_ANSWER = "rate-limit backend answers"
+"""A condition of SERVING, watched only while calls fail closed on a shared Redis."""
 
 MAX_REQUEST_BYTES = 64 * 1024
 """Largest request message accepted; a GenerateImageRequest within bounds is far smaller."""
@@ -123,6 +132,34 @@ def build_limiter(settings: RateLimitSettings) -> Limiter:
     else:
         backend = MemoryBackend()
     return Limiter(backend, fail_open=settings.on_backend_failure == "fail_open")
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def connection_options(settings: ConnectionSettings) -> list[tuple[str, int]]:
+    """grpc server options bounding each connection's handshake, silence, idleness, age
+    and streams (names from grpc core's channel_arg_names.h)."""
+    keepalive_timeout = _milliseconds(settings.keepalive_timeout_seconds)
+    return [
+        ("grpc.server_handshake_timeout_ms", _milliseconds(settings.handshake_timeout_seconds)),
+        ("grpc.keepalive_time_ms", _milliseconds(settings.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout),
+        # grpc core waits for a keepalive ping's ack this long (default one minute),
+        # whatever keepalive_timeout_ms says: without it an unanswered ping stays open.
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            _milliseconds(settings.min_client_ping_interval_seconds),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_without_calls)),
+        ("grpc.max_connection_idle_ms", _milliseconds(settings.max_idle_seconds)),
+        ("grpc.max_connection_age_ms", _milliseconds(settings.max_age_seconds)),
+        # 0 is a valid grace: calls in flight are cut as soon as the age is reached.
+        ("grpc.max_connection_age_grace_ms", round(settings.max_age_grace_seconds * 1000)),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+    ]
 
 
 def _per_minute(name: str, capacity: float, per_minute: float) -> Limit:
@@ -250,6 +287,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
+            *connection_options(settings.connections),
         ],
     )
     servicer = ImageServicer(
@@ -269,6 +307,7 @@ async def start_server(
             max_concurrent=limits.max_concurrent_generations,
         ),
         chunk_size=settings.chunk_size,
+        stall_timeout=settings.stream_stall_timeout_seconds,
     )
     pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -281,13 +320,25 @@ async def start_server(
     port = server.add_secure_port(_address(settings.host, settings.port), credentials)
     if port == 0:
         raise ConfigError(f"cannot listen on {_address(settings.host, settings.port)}")
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_gate = ServingHealth(
+        health_servicer, ("", SERVICE_NAME), (DEFAULT_MODEL_READY, RATE_LIMITS_ANSWER)
+    )
+    await health_gate.set(RATE_LIMITS_ANSWER, True)  # NOT_SERVING: no model yet
     await server.start()
     await engine.start()
     running = RunningServer(
         server=server, port=port, engine=engine, health=health_servicer, closers=closers
     )
+    if limits.backend == "redis" and limits.on_backend_failure == "fail_closed":
+        # Every tokened call fails while the shared buckets are out of reach: say so,
+        # and load balancers send the calls to a replica that can take them.
+        probe = BackendProbe(
+            limiter.backend,
+            interval_seconds=limits.redis_probe_interval_seconds,
+            on_change=functools.partial(health_gate.set, RATE_LIMITS_ANSWER),
+        )
+        limiter.observer = probe
+        running.background.append(asyncio.create_task(probe.run()))
     log.info(
         "pixelgate listening on %s (mutual TLS); loading models", _address(settings.host, port)
     )
@@ -295,13 +346,11 @@ async def start_server(
 
     async def serving_once_ready() -> None:
         await registry.wait_ready(default)
-        for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("default model %s ready: serving", default)
+        await health_gate.set(DEFAULT_MODEL_READY, True)
+        log.info("default model %s ready", default)
 
     if not registry[default].settings.preload:  # loads on first use: nothing to wait for
-        for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await health_gate.set(DEFAULT_MODEL_READY, True)
         return running
     # Health turns SERVING whenever the default model becomes ready, on any worker.
     serving = asyncio.create_task(serving_once_ready())
@@ -324,6 +373,7 @@ __all__ = [
     "RunningServer",
     "build_limiter",
     "build_verifier",
+    "connection_options",
     "needs_token",
     "start_server",
 ]

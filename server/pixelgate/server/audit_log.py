@@ -48,9 +48,11 @@ class AuditLines:
 
     Fields: time (UTC, milliseconds), event, method, status, duration_ms, peer,
     principal (iss, sub, client_id, certificate), gpu_cost, request (the
-    validated image parameters), prompt_sha256, image_sha256. What repeats
-    from call to call (a caller's principal, the current second) is rendered
-    once: this runs for every call.
+    validated image parameters), prompt_sha256, image_sha256; and reason, only
+    where the status alone does not say why the call ended ("stalled_reader":
+    CANCELLED because its reader stopped reading). What repeats from call to
+    call (a caller's principal, the current second) is rendered once: this
+    runs for every call.
     """
 
     def __init__(self, principal_cache_size: int = 1024) -> None:
@@ -70,7 +72,8 @@ class AuditLines:
             f'"gpu_cost":{round(record.cost_charged, 3)!r},'
             f'"request":{json.dumps(record.parameters or None)},'
             f'"prompt_sha256":{_json_text(record.prompt_sha256)},'
-            f'"image_sha256":{json.dumps(record.image_sha256s)}}}\n'
+            f'"image_sha256":{json.dumps(record.image_sha256s)}'
+            f"{_reason(record.reason)}}}\n"
         ).encode()
 
     def _time(self, ended: float) -> str:
@@ -97,6 +100,10 @@ class AuditLines:
             }
         )
         return self._principals.remember((principal,), text)
+
+
+def _reason(reason: str | None) -> str:
+    return "" if reason is None else f',"reason":{_json_text(reason)}'
 
 
 PIPE_ATOMIC_BYTES = 4096

@@ -42,6 +42,8 @@ class CallRecord:
     prompt_sha256: str | None = None
     image_sha256s: list[str] = field(default_factory=list)
     initial_metadata_sent: bool = False
+    reason: str | None = None
+    """Why the call ended, where its status alone does not say (e.g. "stalled_reader")."""
 
 
 _current: ContextVar[CallRecord | None] = ContextVar("pixelgate_call_record", default=None)

@@ -102,7 +102,7 @@ class IssuerSettings(_Section):
     http_ca_file: Path | None = None
     """CA bundle for fetching metadata and JWKS (default: the system's)."""
     http_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    """Timeout of each metadata or JWKS fetch."""
+    """Most seconds a key refresh (metadata and JWKS, connect to last byte) may take."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSettings:
@@ -195,6 +195,41 @@ class RateLimitSettings(_Section):
     """A Redis call slower than this counts as a failure."""
     on_backend_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
     """When the backend cannot answer: refuse calls (UNAVAILABLE), or let them through."""
+    redis_probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    """How often Redis is pinged; while it does not answer and calls fail closed, health
+    says NOT_SERVING so load balancers route elsewhere."""
+
+
+_LONGEST_SECONDS = 2_000_000.0
+"""About 23 days: grpc takes these durations as 32-bit milliseconds."""
+
+
+class ConnectionSettings(_Section):
+    """Limits on each client connection (HTTP/2 over mutual TLS), so stalled, idle or
+    abusive peers cannot hold sockets, memory or calls for ever."""
+
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """A connection must finish TLS and start HTTP/2 within this, or it is closed."""
+    keepalive_time_seconds: float = Field(default=60.0, gt=0, le=_LONGEST_SECONDS)
+    """While a call is open, the server pings a client silent for this long."""
+    keepalive_timeout_seconds: float = Field(default=20.0, gt=0, le=_LONGEST_SECONDS)
+    """A ping unanswered this long closes the connection (a vanished peer frees its calls)."""
+    min_client_ping_interval_seconds: float = Field(default=30.0, gt=0, le=_LONGEST_SECONDS)
+    """Clients may ping no more often than this while no data flows; a client pinging faster
+    is told `too_many_pings` and disconnected (set client keepalive times above it)."""
+    keepalive_without_calls: bool = False
+    """Keepalive pings on connections with no call open too, from the server and clients;
+    off, a client pinging such a connection is told `too_many_pings` after three pings,
+    and `max_idle_seconds` closes it anyway."""
+    max_idle_seconds: float = Field(default=300.0, gt=0, le=_LONGEST_SECONDS)
+    """A connection with no call open for this long is closed (GOAWAY; clients reconnect)."""
+    max_age_seconds: float = Field(default=1800.0, gt=0, le=_LONGEST_SECONDS)
+    """A connection older than this (give or take 10%) is told to go away, so clients
+    reconnect and rebalance across replicas."""
+    max_age_grace_seconds: float = Field(default=300.0, ge=0, le=_LONGEST_SECONDS)
+    """Calls still open when a connection reaches its max age get this long to finish."""
+    max_concurrent_streams: int = Field(default=100, ge=1, le=2**31 - 1)
+    """Calls one connection may have open at once; a client's further calls wait."""
 
 
 class CallerMatch(_Section):
@@ -377,6 +412,7 @@ class Settings(_Section):
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    connections: ConnectionSettings = ConnectionSettings()
     policy: PolicySettings = PolicySettings()
     models: tuple[ModelSettings, ...] = Field(default=(ModelSettings(),), min_length=1)
     """The model registry; with none configured, the tiny test model."""
@@ -392,6 +428,10 @@ class Settings(_Section):
     """Most images one request may ask for."""
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     """Bytes per ImageChunk message."""
+    stream_stall_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """A GenerateImage stream whose reader takes no message for this long (its send
+    waits on a full flow-control window) is cancelled: its job stops, its slot and
+    unused GPU cost come back, and it is audited CANCELLED, reason stalled_reader."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls may run on after SIGTERM/SIGINT."""
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -450,6 +490,7 @@ __all__ = [
     "CallerMatch",
     "CallerRule",
     "ConfigError",
+    "ConnectionSettings",
     "EngineSettings",
     "IssuerSettings",
     "ModelSettings",

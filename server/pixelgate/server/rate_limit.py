@@ -74,8 +74,20 @@ class RateLimitBackend(Protocol):
         """Returns unused units to `key`'s bucket (never beyond its capacity)."""
         ...
 
+    async def ping(self) -> None:
+        """Returns once the backend answers; raises BackendUnavailable otherwise."""
+        ...
+
     async def aclose(self) -> None:
         """Releases connections."""
+        ...
+
+
+class BackendObserver(Protocol):
+    """Told what each call to the backend saw (the health probe listens)."""
+
+    def observed(self, reachable: bool) -> None:
+        """The backend answered (True) or could not (False)."""
         ...
 
 
@@ -123,6 +135,9 @@ class MemoryBackend:
             bucket = self._bucket(key, limit)
             bucket.tokens = min(limit.capacity, bucket.tokens + amount)
 
+    async def ping(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -145,9 +160,17 @@ class MemoryBackend:
 class Limiter:
     """Takes from buckets through a backend; a backend failure fails closed or open."""
 
-    def __init__(self, backend: RateLimitBackend, *, fail_open: bool = False) -> None:
+    def __init__(
+        self,
+        backend: RateLimitBackend,
+        *,
+        fail_open: bool = False,
+        observer: BackendObserver | None = None,
+    ) -> None:
         self.backend = backend
         self._fail_open = fail_open
+        self.observer = observer
+        """Told whether each backend call got an answer; None = nobody."""
 
     def decided_now(self, key: str, limit: Limit, cost: float = 1.0) -> Decision | None:
         """The decision, when the buckets are in this process (no I/O, cannot fail);
@@ -160,9 +183,14 @@ class Limiter:
     async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
         """The backend's decision; on backend failure, allowed (fail open) or UNAVAILABLE."""
         try:
-            return await self.backend.take(key, limit, cost)
+            decision = await self.backend.take(key, limit, cost)
         except BackendUnavailable as error:
+            if self.observer is not None:
+                self.observer.observed(False)
             return self._on_failure(limit, error)
+        if self.observer is not None:
+            self.observer.observed(True)
+        return decision
 
     async def give_back(self, key: str, limit: Limit, amount: float) -> None:
         """Refunds `amount`; a backend failure only costs the caller the refund."""
@@ -187,6 +215,7 @@ def whole_seconds(seconds: float) -> int:
 
 
 __all__ = [
+    "BackendObserver",
     "BackendUnavailable",
     "Clock",
     "Decision",

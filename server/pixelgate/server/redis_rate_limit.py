@@ -65,8 +65,10 @@ class RedisBackend:
         key_prefix: str = "pixelgate:ratelimit:",
         timeout_seconds: float = 0.5,
         pinned_time: float | None = None,
+        probe_client: redis.Redis | None = None,
     ) -> None:
         self._client = client
+        self._probe_client = probe_client or client
         self._script = client.register_script(_SCRIPT)
         self._prefix = key_prefix
         self._timeout = timeout_seconds
@@ -85,10 +87,16 @@ class RedisBackend:
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
         )
+        # The health probe pings over a connection of its own: a pool busy with
+        # calls must not read as Redis being down.
+        probe = redis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
         return cls(
             redis.Redis(connection_pool=pool),
             key_prefix=key_prefix,
             timeout_seconds=timeout_seconds,
+            probe_client=probe,
         )
 
     def _key(self, key: str, limit: Limit) -> str:
@@ -120,8 +128,17 @@ class RedisBackend:
     async def give_back(self, key: str, limit: Limit, amount: float) -> None:
         await self._run(key, limit, -amount)
 
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._probe_client.ping()
+        except (RedisError, OSError, TimeoutError) as error:
+            raise BackendUnavailable(f"redis: {type(error).__name__}") from None
+
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._probe_client is not self._client:
+            await self._probe_client.aclose()
 
 
 __all__ = ["RedisBackend"]

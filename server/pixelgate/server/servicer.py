@@ -9,8 +9,9 @@ interceptors before it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc.aio
@@ -33,6 +34,7 @@ from pixelgate.server.generation import (
 from pixelgate.server.gpu_quota import GpuQuota
 from pixelgate.server.model_registry import ModelState, RegisteredModel
 from pixelgate.server.principal import current_principal
+from pixelgate.server.stream_writer import STALLED_READER, StreamWriter
 from pixelgate.server.validation import RequestValidator
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
@@ -51,6 +53,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         quota: GpuQuota,
         *,
         chunk_size: int,
+        stall_timeout: float,
     ) -> None:
         self._engine = engine
         self._registry = engine.registry
@@ -58,11 +61,28 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._policy = policy
         self._quota = quota
         self._chunk_size = chunk_size
+        self._stall_timeout = stall_timeout
         self._model_list: tuple[int, pb.ListModelsResponse] | None = None
 
-    async def GenerateImage(
+    async def GenerateImage(  # type: ignore[override]  # the stubs know only iterators
         self, request: pb.GenerateImageRequest, context: Context
-    ) -> AsyncIterator[pb.GenerateImageResponse]:
+    ) -> None:
+        """Streams a generation, writing each message itself (grpcio's writer form), so a
+        send its reader holds past the stall timeout ends the call."""
+        record = current_record()
+        writer = StreamWriter(context, self._stall_timeout)
+        try:
+            async with contextlib.aclosing(self._generation(request, context)) as messages:
+                async for message in messages:
+                    await writer.write(message)
+        finally:
+            writer.close()
+            if writer.stalled:
+                record.reason = STALLED_READER
+
+    async def _generation(
+        self, request: pb.GenerateImageRequest, context: Context
+    ) -> AsyncGenerator[pb.GenerateImageResponse, None]:
         generation = self._validator.validate(request)
         principal = current_principal()
         record = current_record()
