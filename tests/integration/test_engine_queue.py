@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from support import WARM_UP, GatedModel, wait_for
 
-from pixelgate.client import GeneratedImage, RateLimited
+from pixelgate.client import DeadlineExceeded, GeneratedImage, RateLimited
 from pixelgate.v1 import image_service_pb2 as pb
 
 
@@ -48,7 +48,7 @@ class FakeRuntime:
         self.calls: list[tuple[int, ...]] = []
 
     def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> list[Image.Image]:
-        if batch.prompts != WARM_UP:
+        if set(batch.prompts) != set(WARM_UP):
             self.calls.append(batch.seeds)
             self.gate.wait(30)
             if self.fail is not None:
@@ -60,6 +60,21 @@ class FakeRuntime:
             Image.new("RGB", (batch.width, batch.height), _seed_colour(seed))
             for seed in batch.seeds
         ]
+
+
+class ColdStartRuntime(FakeRuntime):
+    """A FakeRuntime whose very first call (the cold one) is slow, as a real model's is."""
+
+    def __init__(self, *, cold_seconds: float, step_seconds: float) -> None:
+        super().__init__(step_seconds=step_seconds)
+        self.cold_seconds = cold_seconds
+        self._cold = True
+
+    def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> list[Image.Image]:
+        if self._cold:
+            self._cold = False
+            time.sleep(self.cold_seconds)
+        return super().run(batch, on_step)
 
 
 def _callers(server, connect, mint, count: int) -> list[Any]:
@@ -448,3 +463,63 @@ def test_the_memory_guard_covers_a_model_not_loaded_yet(start_server, connect, t
     with pytest.raises(RateLimited, match="memory budget"):
         connect(server).generate("a fox", steps=1, width=512, height=512)
     assert server.running.engine.stats.jobs_started == 0
+
+
+def test_a_cold_first_call_does_not_inflate_the_first_estimate(start_server, connect):
+    """On a fresh server a 20-step job's first ETA is about 20 steps' time, not the cold start's."""
+    step_seconds, cold_seconds = 0.01, 0.5
+    fake = ColdStartRuntime(cold_seconds=cold_seconds, step_seconds=step_seconds)
+    server = start_server(loader=lambda settings, device: fake)
+    stream = connect(server).stream("a fox", steps=20, seed=1)
+
+    first = next(stream)
+    rest = list(stream)
+
+    assert first.state == pb.Progress.STATE_QUEUED
+    # The cold call spread over a 4-step warm-up would say 20 x 0.135 s = 2.7 s.
+    assert 20 * step_seconds * 0.5 < first.eta_seconds < 0.6
+    assert len(_images(rest)) == 1
+
+
+BATCH = 8
+BATCH_STEPS = 100
+
+
+def test_compatible_jobs_whose_deadline_fits_one_batch_are_all_admitted_and_finish(
+    start_server, connect, mint, tiny_model
+):
+    """Eight callers whose deadline fits one batched call, not eight runs, all get their image;
+    a deadline no run could meet is still refused at once with DEADLINE_EXCEEDED."""
+    gated = GatedModel(copy.deepcopy(tiny_model))
+    server = start_server(loader=lambda settings, device: gated)
+    stats = server.running.engine.stats
+    busy, *callers = _callers(server, connect, mint, BATCH + 1)
+    started = time.monotonic()
+    busy.generate("one run, timed", steps=BATCH_STEPS, seed=2)
+    one_run = time.monotonic() - started
+    deadline = 0.6 * BATCH * one_run  # well short of eight runs one after another
+
+    gated.gate.clear()
+    try:
+        blocker = busy.stream("occupies the worker", steps=1, seed=1)
+        next(blocker)
+        wait_for(lambda: len(gated.calls) == 2, what="the blocker started")
+        streams = [
+            client.stream("a lighthouse", steps=BATCH_STEPS, seed=10 + i, timeout=deadline)
+            for i, client in enumerate(callers)
+        ]
+        heads = [next(stream) for stream in streams]  # a refusal raises here
+        _wait_until_queued(server.running.engine, BATCH)
+    finally:
+        gated.gate.set()
+    _, *results = _drain([blocker, *streams])
+
+    assert all(head.state == pb.Progress.STATE_QUEUED for head in heads)
+    assert sorted(gated.calls[2]) == [10 + i for i in range(BATCH)]  # one call for all eight
+    for events, seed in zip(results, range(10, 10 + BATCH), strict=True):
+        [image] = _images(events)
+        assert (image.seed, image.steps) == (seed, BATCH_STEPS)
+
+    with pytest.raises(DeadlineExceeded, match="deadline would pass"):  # refused, never run
+        callers[0].generate("a lighthouse", steps=BATCH_STEPS, seed=99, timeout=one_run / 4)
+    assert stats.jobs_started == BATCH + 2

@@ -2,8 +2,11 @@
 
 Admission refuses at once what cannot succeed: a full queue or a request too
 big for the device's memory (RESOURCE_EXHAUSTED), a model that failed to load
-(UNAVAILABLE), a deadline that would pass before the job could finish, by the
-measured step times (DEADLINE_EXCEEDED). Each device has a worker thread that
+(UNAVAILABLE), a deadline that would pass before the job could finish
+(DEADLINE_EXCEEDED): its finish time is estimated by playing the queue forward
+as the workers will take it (eta.py), from measured call times (step_timing.py),
+and held against the deadline with the error margin past estimates showed
+(admission.py). Each device has a worker thread that
 owns its pipelines; it takes batches of compatible jobs from the fair queue
 and runs them as one pipeline call with a generator per image. Progress
 crosses back to the event loop through `call_soon_threadsafe`. A job is
@@ -22,12 +25,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 
 import torch
 from PIL import Image
 
+from pixelgate.server.admission import DeadlineAdmission
 from pixelgate.server.config import EngineSettings
 from pixelgate.server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from pixelgate.server.eta import WorkerView, finish_times
 from pixelgate.server.generation import (
     EngineEvent,
     GeneratedImage,
@@ -40,13 +46,19 @@ from pixelgate.server.model_registry import ModelRegistry, ModelState, Registere
 from pixelgate.server.models import ModelLoader, ModelRuntime, PipelineBatch
 from pixelgate.server.previews import preview_jpeg
 from pixelgate.server.safety import CheckerFactory, NoChecker, OutputChecker, PromptDenylist
-from pixelgate.server.step_timing import Shape, StepTimer
+from pixelgate.server.step_timing import CallClock, CallTime, Shape, StepTimer
 from pixelgate.server.work_queue import FairQueue
 
 log = logging.getLogger("pixelgate.engine")
 
+WARMUP_PROMPT = "warm-up"
+"""The prompt of every warm-up call."""
+COLD_STEPS = 2
+"""Steps of the first, cold warm-up call (kernels load, caches fill): never measured."""
 WARMUP_STEPS = 4
-"""Steps of the warm-up run that measures a model's first step times."""
+"""Steps of each measured warm-up call (the step callback needs two to time a step)."""
+WARMUP_IMAGES = (1, 2)
+"""Images of the measured warm-up calls: two points tell how a step grows with the batch."""
 
 
 class GenerationCancelled(Exception):
@@ -90,6 +102,10 @@ class Job:
         self.held = False
         self.steps_run = 0
         """Denoising steps run for this job (its share of a batch included)."""
+        self.submitted_at = 0.0
+        """time.monotonic() at admission."""
+        self.eta_at_submit: float | None = None
+        """Seconds to its end estimated at admission; None without an estimate."""
         self.last_position: int | None = None
         self._loop = loop
         self._on_cancel = on_cancel
@@ -208,23 +224,43 @@ class Worker(threading.Thread):
         return runtime
 
     def _warm_up(self, model: RegisteredModel, runtime: ModelRuntime) -> None:
+        # The first call pays for loading kernels and filling caches: run it, do not
+        # believe it. The measured ones time what every later call pays.
+        self._warm_call(model, runtime, images=1, steps=COLD_STEPS)
         card = model.card
-        steps = min(card.default_steps, WARMUP_STEPS)
+        for images in WARMUP_IMAGES:
+            shape = Shape(model.id, card.default_width, card.default_height, images)
+            try:
+                self._engine.memory.check(*_shape_args(shape))
+                measured = self._warm_call(model, runtime, images=images, steps=WARMUP_STEPS)
+            except (ResourceExhausted, torch.OutOfMemoryError, MemoryError):
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                log.info("model %s: no warm-up of %d images on %s", model.id, images, self.device)
+                return
+            if measured is not None:
+                self._engine.timer.observe(shape, measured)
+
+    def _warm_call(
+        self, model: RegisteredModel, runtime: ModelRuntime, *, images: int, steps: int
+    ) -> CallTime | None:
+        card = model.card
         batch = PipelineBatch(
-            prompts=("warm-up",),
-            negative_prompts=("",),
-            seeds=(0,),
+            prompts=(WARMUP_PROMPT,) * images,
+            negative_prompts=("",) * images,
+            seeds=tuple(range(images)),
             width=card.default_width,
             height=card.default_height,
             steps=steps,
             guidance_scale=card.default_guidance_scale,
         )
-        started = time.perf_counter()
-        runtime.run(batch, lambda step, total, latents: None)
-        self._engine.timer.observe(
-            Shape(model.id, card.default_width, card.default_height, 1),
-            (time.perf_counter() - started) / steps,
-        )
+        clock = CallClock()
+        produced = runtime.run(batch, lambda step, total, latents: clock.step())
+        # The safety check is part of every real call's fixed cost (and loads now, not
+        # in the first caller's time). A checker that fails is reported when used.
+        with contextlib.suppress(Exception):
+            self._output_checker().flagged(produced)
+        return clock.measure(steps)
 
     def _output_checker(self) -> OutputChecker:
         if self._checker is None:
@@ -276,9 +312,11 @@ class Worker(threading.Thread):
             want_latents=runtime.latent_channels == 4
             and any(job.request.preview_every for job in members),
         )
-        started = time.perf_counter()
+        clock = CallClock()
+        started = clock.started
 
         def on_step(step: int, total: int, latents: torch.Tensor | None) -> None:
+            clock.step()
             engine.count(steps_run=1)
             alive = [job for job in members if not job.cancelled]
             if not alive:
@@ -310,14 +348,23 @@ class Worker(threading.Thread):
                 engine.finish(job, error=error)
             return
         shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
-        elapsed = time.perf_counter() - started
-        engine.timer.observe(shape, elapsed / request.steps)
-        log.debug("batch of %d images, %d steps: %.3f s", len(batch.seeds), request.steps, elapsed)
         if cuda:
             peak = torch.cuda.max_memory_allocated(self.device)
             engine.memory.observe_peak(*_shape_args(shape), peak_bytes=peak)
         for job in members:
             self._deliver(job, images[offsets[job] : offsets[job] + job.images])
+        # Measured once every member has its images: decoding, the safety check and
+        # delivery are the call's fixed cost as callers see it.
+        measured = clock.measure(request.steps)
+        if measured is not None:
+            engine.timer.observe(shape, measured)
+            log.debug(
+                "batch of %d images, %d steps: %.3f s fixed + %.4f s a step",
+                len(batch.seeds),
+                request.steps,
+                measured.overhead,
+                measured.per_step,
+            )
 
     def _deliver(self, job: Job, images: Sequence[Image.Image]) -> None:
         engine = self._engine
@@ -376,6 +423,18 @@ def _shape_args(shape: Shape) -> tuple[str, int, int, int]:
     return shape.model_id, shape.width, shape.height, shape.images
 
 
+def _batch_shape(jobs: Sequence[Job]) -> Shape:
+    first = jobs[0].request
+    return Shape(first.model_id, first.width, first.height, sum(job.images for job in jobs))
+
+
+@dataclass(frozen=True)
+class _RunningBatch:
+    jobs: list[Job]
+    started: float
+    """time.monotonic() when a worker took it."""
+
+
 class GenerationEngine:
     """Admits generation jobs and runs them on one worker per device."""
 
@@ -390,6 +449,7 @@ class GenerationEngine:
         denylist: PromptDenylist | None = None,
         checker_factory: CheckerFactory | None = None,
         timer: StepTimer | None = None,
+        admission: DeadlineAdmission | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -398,12 +458,13 @@ class GenerationEngine:
         self.denylist = denylist or PromptDenylist(())
         self.checker_factory: CheckerFactory = checker_factory or (lambda device: NoChecker())
         self.timer = timer or StepTimer()
+        self.admission = admission or DeadlineAdmission()
         self.queue: FairQueue[Job] = FairQueue()
         self.stats = EngineStats()
         self._devices = list(devices)
         self._workers: list[Worker] = []
         self._active: set[Job] = set()
-        self._running: dict[Worker, tuple[list[Job], float | None]] = {}
+        self._running: dict[Worker, _RunningBatch] = {}
         self._lock = threading.RLock()
 
     async def start(self) -> None:
@@ -444,9 +505,12 @@ class GenerationEngine:
             if len(self._active) >= self.settings.max_queued_jobs:
                 raise ResourceExhausted("server busy: the generation queue is full; retry later")
             self._active.add(job)
+        job.submitted_at = time.monotonic()
         self.queue.put(job)
-        position, eta = self._standing(job)
-        if deadline is not None and eta is not None and eta > deadline:
+        _, standings = self._plan()
+        # Not found: a worker is taking it this instant (only an unheld job can go so fast).
+        position, eta = standings.get(job) or (0, self._batch_seconds([job]))
+        if deadline is not None and eta is not None and self.admission.refuses(eta, deadline):
             if self.queue.discard(job):
                 with self._lock:
                     self._active.discard(job)
@@ -454,6 +518,7 @@ class GenerationEngine:
                     f"the deadline would pass before this job could finish"
                     f" (about {eta:.1f} s needed, {max(deadline, 0):.1f} s left)"
                 )
+        job.eta_at_submit = eta
         # First in line: workers' events reach the loop only through callbacks
         # that run after this call returns.
         job.last_position = position
@@ -499,20 +564,14 @@ class GenerationEngine:
             self.count(jobs_failed=1)
         else:
             self.count(jobs_completed=1)
+            if job.eta_at_submit is not None:
+                self.admission.record(job.eta_at_submit, time.monotonic() - job.submitted_at)
         job.emit(_End(error if not isinstance(error, GenerationCancelled) else None))
 
     def dispatched(self, batch: list[Job], worker: Worker) -> None:
-        """A worker took `batch`: note its expected end, tell the waiting jobs where they stand."""
-        first = batch[0].request
-        duration = self.timer.duration(
-            Shape(first.model_id, first.width, first.height, sum(j.images for j in batch)),
-            first.steps,
-        )
+        """A worker took `batch`: note when, tell the waiting jobs where they stand."""
         with self._lock:
-            self._running[worker] = (
-                batch,
-                None if duration is None else time.monotonic() + duration,
-            )
+            self._running[worker] = _RunningBatch(batch, time.monotonic())
         self.announce_positions()
 
     def batch_done(self, worker: Worker) -> None:
@@ -522,37 +581,69 @@ class GenerationEngine:
 
     def announce_positions(self) -> None:
         """Sends Queued (position, ETA) to each waiting job whose position changed."""
-        for job in self.queue.in_service_order():
-            position, eta = self._standing(job)
+        waiting, standings = self._plan()
+        for job in waiting:
+            position, eta = standings[job]
             if position != job.last_position:
                 job.last_position = position
                 job.emit(Queued(position=position, eta=eta))
 
-    def _standing(self, job: Job) -> tuple[int, float | None]:
-        """Jobs that run before `job`, and the estimated seconds until it finishes."""
-        order = self.queue.in_service_order()
-        if job not in order:  # a worker has it already
-            return 0, self._duration(job)
-        ahead = order[: order.index(job)]
-        now = time.monotonic()
-        with self._lock:
-            running = list(self._running.values())
-        position = len(ahead) + sum(len(jobs) for jobs, _ in running)
-        own = self._duration(job)
-        if own is None:
-            return position, None
-        busy = 0.0
-        for _, ends in running:
-            busy += max(0.0, ends - now) if ends is not None else own
-        for other in ahead:
-            busy += self._duration(other) or own
-        hosts = sum(1 for w in self._workers if w.hosts(job.model_id)) or 1
-        return position, busy / hosts + own
+    def _plan(self) -> tuple[list[Job], dict[Job, tuple[int, float | None]]]:
+        """The waiting jobs in service order, and for every waiting or running job where it
+        stands: the jobs that run before it, and the seconds until it ends (None: unknown).
 
-    def _duration(self, job: Job) -> float | None:
-        request = job.request
-        shape = Shape(request.model_id, request.width, request.height, job.images)
-        return self.timer.duration(shape, request.steps)
+        One plan of the whole queue answers for every job (announcing to each waiting
+        job costs one plan, not one per job).
+        """
+        now = time.monotonic()
+        lines = self.queue.lines()
+        with self._lock:
+            running = dict(self._running)
+        views, finishes = [], {}
+        for worker in self._workers:
+            batch = running.get(worker)
+            free_in = 0.0 if batch is None else self._remaining(batch, now)
+            views.append(WorkerView(worker.hosts, free_in))
+            for job in batch.jobs if batch is not None else ():
+                finishes[job] = free_in
+        finishes.update(
+            finish_times(
+                lines,
+                views,
+                max_images=self.settings.max_batch_images,
+                duration=self._batch_seconds,
+            )
+        )
+        # Positions count as before batching: round-robin order, one job at a time.
+        order = [
+            job
+            for layer in zip_longest(*(line for _, line in lines))
+            for job in layer
+            if job is not None
+        ]
+        running_jobs = sum(len(batch.jobs) for batch in running.values())
+        standings: dict[Job, tuple[int, float | None]] = {
+            job: (0, finishes[job]) for batch in running.values() for job in batch.jobs
+        }
+        for index, job in enumerate(order):
+            standings[job] = (running_jobs + index, finishes.get(job))
+        return order, standings
+
+    def _remaining(self, batch: _RunningBatch, now: float) -> float | None:
+        """Seconds until a running batch is expected to end; None without an estimate."""
+        shape = _batch_shape(batch.jobs)
+        estimate = self.timer.estimate(shape)
+        if estimate is None:
+            return None
+        steps = batch.jobs[0].request.steps
+        done = max(job.steps_run for job in batch.jobs)
+        # Past its expected end it still has its steps left to run (at least).
+        return max(
+            batch.started + estimate.seconds(steps) - now, (steps - done) * estimate.per_step
+        )
+
+    def _batch_seconds(self, jobs: Sequence[Job]) -> float | None:
+        return self.timer.duration(_batch_shape(jobs), jobs[0].request.steps)
 
     def _cancelled(self, job: Job) -> None:
         # A waiting job leaves the queue at once; a running one stops at its next step.

@@ -81,6 +81,11 @@ class FairQueue(Generic[J]):
                 self._remove(job)
             return removed
 
+    def lines(self) -> list[tuple[str, tuple[J, ...]]]:
+        """A snapshot of the waiting jobs: each caller's line, in round order."""
+        with self._condition:
+            return [(caller, tuple(line)) for caller, line in self._lines.items()]
+
     def in_service_order(self) -> list[J]:
         """Every waiting job, in the order round-robin would start them one by one."""
         with self._condition:
