@@ -14,6 +14,7 @@ from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
 from pixelgate.server.config import Settings, load_settings
+from pixelgate.server.engine import WARMUP_PROMPT
 from pixelgate.server.models import ModelLoader, ModelRuntime
 
 T = TypeVar("T")
@@ -210,8 +211,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = ""
     return result
 
 
-WARM_UP = ("warm-up",)
-"""The prompts of the engine's warm-up call."""
+def is_warm_up(batch: Any) -> bool:
+    """True for the engine's warm-up calls (a cold one, then measured ones of 1 and 2 images)."""
+    return set(batch.prompts) == {WARMUP_PROMPT}
 
 
 class GatedModel:
@@ -233,7 +235,7 @@ class GatedModel:
 
     def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> Any:
         """Runs the wrapped model; the warm-up call passes straight through."""
-        if set(batch.prompts) == set(WARM_UP):  # warm-up runs 1 and 2 images
+        if is_warm_up(batch):
             return self._inner.run(batch, on_step)
         self.calls.append(batch.seeds)
         self.gate.wait(30)

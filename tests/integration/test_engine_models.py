@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from support import GatedModel, wait_for
+from support import GatedModel, is_warm_up, wait_for
 
 from pixelgate.client import Unavailable
 from pixelgate.server.models import load_model
@@ -37,7 +37,7 @@ class TaggedModel:
         self.dtype = inner.dtype
 
     def run(self, batch: Any, on_step: Any) -> Any:
-        if set(batch.prompts) != {"warm-up"}:  # warm-up runs 1 and 2 images
+        if not is_warm_up(batch):
             self._runs.append(self._model_id)
         return self._inner.run(batch, on_step)
 
