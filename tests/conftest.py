@@ -21,8 +21,8 @@ from pixelgate.client import PixelgateClient
 from pixelgate.client.credentials import channel_credentials
 from pixelgate.dev.pki import DevPkiFiles, write_dev_pki
 from pixelgate.dev.tokens import SigningKey, load_signing_key, mint_access_token
-from pixelgate.server.config import ModelSettings
-from pixelgate.server.models import ModelRuntime, load_model
+from pixelgate.server.core.config import ModelSettings
+from pixelgate.server.models.runtime import ModelRuntime, load_model
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
-from pixelgate.server.config import Settings, load_settings
-from pixelgate.server.engine import WARMUP_PROMPT
-from pixelgate.server.models import ModelLoader, ModelRuntime
+from pixelgate.server.core.config import Settings, load_settings
+from pixelgate.server.engine.engine import WARMUP_PROMPT
+from pixelgate.server.models.runtime import ModelLoader, ModelRuntime
 
 T = TypeVar("T")
 

@@ -38,11 +38,11 @@ SLACK = 1.25
 
 
 async def _engine() -> Any:
-    from pixelgate.server.config import load_settings
-    from pixelgate.server.engine import GenerationEngine
-    from pixelgate.server.memory_guard import MemoryGuard
-    from pixelgate.server.model_registry import ModelRegistry, ModelState
-    from pixelgate.server.models import load_model
+    from pixelgate.server.core.config import load_settings
+    from pixelgate.server.engine.engine import GenerationEngine
+    from pixelgate.server.engine.memory_guard import MemoryGuard
+    from pixelgate.server.models.registry import ModelRegistry, ModelState
+    from pixelgate.server.models.runtime import load_model
 
     settings = load_settings(None, engine={"devices": ["cpu"]})
     registry = await asyncio.to_thread(
@@ -72,8 +72,8 @@ class Tracked:
     """A submitted job: its estimate at admission, and its real time to finish once drained."""
 
     def __init__(self, engine: Any, phase: str, caller: str, steps: int, images: int) -> None:
-        from pixelgate.server.encoding import ImageFormat
-        from pixelgate.server.generation import GenerationRequest
+        from pixelgate.server.api.encoding import ImageFormat
+        from pixelgate.server.core.generation import GenerationRequest
 
         request = GenerationRequest(
             model_id=engine.registry.default_model,
@@ -105,7 +105,7 @@ class Tracked:
 
     async def finish(self) -> None:
         """Reads every event to the end."""
-        from pixelgate.server.generation import StepDone
+        from pixelgate.server.core.generation import StepDone
 
         async for event in self._events:
             if isinstance(event, StepDone):

@@ -33,8 +33,8 @@ from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 async def _serve(config: Path, with_chain: bool) -> None:
     from pixelgate.server.app import start_server
-    from pixelgate.server.config import load_settings
-    from pixelgate.server.logging_setup import configure_logging
+    from pixelgate.server.core.config import load_settings
+    from pixelgate.server.logs.setup import configure_logging
 
     # As deployed: the audit line of every call is written (here to stderr, a file).
     configure_logging("INFO")

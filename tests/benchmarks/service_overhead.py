@@ -25,9 +25,9 @@ from pathlib import Path
 
 from bench_server import client, start_server, stop, write_config
 
-from pixelgate.server.config import ModelSettings
-from pixelgate.server.encoding import ImageFormat, encode_image
-from pixelgate.server.models import PipelineBatch, load_model
+from pixelgate.server.api.encoding import ImageFormat, encode_image
+from pixelgate.server.core.config import ModelSettings
+from pixelgate.server.models.runtime import PipelineBatch, load_model
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -15,7 +15,7 @@ import pytest
 from support import GatedModel, is_warm_up, wait_for
 
 from pixelgate.client import Unavailable
-from pixelgate.server.models import load_model
+from pixelgate.server.models.runtime import load_model
 from pixelgate.v1 import image_service_pb2 as pb
 
 READY = pb.ModelInfo.STATE_READY

@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from pixelgate.client import InvalidArgument, PermissionDenied
 from pixelgate.dev.tokens import ALL_SCOPES
-from pixelgate.server.config import ConfigError
+from pixelgate.server.core.config import ConfigError
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 

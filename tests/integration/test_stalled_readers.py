@@ -19,7 +19,7 @@ import pytest
 from support import GatedModel, wait_for
 
 from pixelgate.client.credentials import channel_credentials
-from pixelgate.server.config import ConfigError, load_settings
+from pixelgate.server.core.config import ConfigError, load_settings
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pixelgate.client import PermissionDenied, Unauthenticated
 from pixelgate.dev import DEV_CLIENT_ID
 from pixelgate.dev.pki import DevPkiFiles, Issued, issue_client_certificate
-from pixelgate.server.client_identity import certificate_thumbprint
+from pixelgate.server.security.client_identity import certificate_thumbprint
 
 OTHER_CLIENT_ID = "spiffe://pixelgate.invalid/client/other"
 

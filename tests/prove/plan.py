@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
-from pixelgate.server.config import Settings
+from pixelgate.server.core.config import Settings
 
 from .fleet import Fleet, ServerProcess
 from .identity import Identities

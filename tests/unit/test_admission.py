@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pixelgate.server.admission import DeadlineAdmission
-from pixelgate.server.eta import WorkerView, finish_times
-from pixelgate.server.step_timing import CallTime, Shape, StepTimer
-from pixelgate.server.work_queue import FairQueue
+from pixelgate.server.engine.admission import DeadlineAdmission
+from pixelgate.server.engine.eta import WorkerView, finish_times
+from pixelgate.server.engine.fair_queue import FairQueue
+from pixelgate.server.engine.step_timing import CallTime, Shape, StepTimer
 
 STEPS = 150
 OVERHEAD = 0.3

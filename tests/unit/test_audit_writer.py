@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pixelgate.server import audit_log
-from pixelgate.server.audit_log import PIPE_ATOMIC_BYTES, write_lines
+from pixelgate.server.audit import audit_log as audit_log
+from pixelgate.server.audit.audit_log import PIPE_ATOMIC_BYTES, write_lines
 
 
 def _recorded_writes(monkeypatch) -> list[bytes]:
@@ -62,13 +62,13 @@ def test_partial_writes_are_continued(monkeypatch):
 
 
 def _writer_to(path, **options):
-    from pixelgate.server.audit_log import AuditWriter
+    from pixelgate.server.audit.audit_log import AuditWriter
 
     return AuditWriter(str(path), interval=0.01, **options)
 
 
 def _record(method: str = "/m"):
-    from pixelgate.server.call_record import CallRecord
+    from pixelgate.server.rpc.call_record import CallRecord
 
     return CallRecord(method=method, peer="ipv4:127.0.0.1:1")
 
@@ -106,7 +106,7 @@ def test_a_full_queue_drops_and_counts_instead_of_growing(tmp_path, caplog):
 
 
 def test_a_destination_open_to_every_user_is_refused(tmp_path):
-    from pixelgate.server.config import ConfigError
+    from pixelgate.server.core.config import ConfigError
 
     path = tmp_path / "audit.jsonl"
     path.touch(mode=0o644)
@@ -115,7 +115,7 @@ def test_a_destination_open_to_every_user_is_refused(tmp_path):
 
 
 def test_a_destination_that_is_not_a_regular_file_is_refused(tmp_path):
-    from pixelgate.server.config import ConfigError
+    from pixelgate.server.core.config import ConfigError
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -143,9 +143,9 @@ def test_a_regular_file_gets_the_whole_batch_in_one_write(monkeypatch):
 
 
 def test_an_audit_line_is_one_json_object_with_every_field():
-    from pixelgate.server.audit_log import AuditLines
-    from pixelgate.server.call_record import CallRecord
-    from pixelgate.server.principal import Principal
+    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.core.principal import Principal
+    from pixelgate.server.rpc.call_record import CallRecord
 
     record = CallRecord(method="/pixelgate.v1.ImageService/GenerateImage", peer="ipv6:[::1]:5")
     record.duration = 0.01234
@@ -188,8 +188,8 @@ def test_an_audit_line_is_one_json_object_with_every_field():
 
 
 def test_an_unauthenticated_call_has_no_principal_in_its_line():
-    from pixelgate.server.audit_log import AuditLines
-    from pixelgate.server.call_record import CallRecord
+    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.rpc.call_record import CallRecord
 
     line = AuditLines().line(CallRecord(method="/m", peer="p"), "UNAUTHENTICATED", None, 0.0)
 
@@ -202,8 +202,8 @@ def test_an_unauthenticated_call_has_no_principal_in_its_line():
 
 def test_a_call_ended_for_a_reason_its_status_does_not_tell_says_why():
     """A CANCELLED call whose reader stalled carries `reason`; a line without one has no key."""
-    from pixelgate.server.audit_log import AuditLines
-    from pixelgate.server.call_record import CallRecord
+    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.rpc.call_record import CallRecord
 
     stalled = CallRecord(method="/m", peer="p")
     stalled.reason = "stalled_reader"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pixelgate.server.app import IMAGE_SERVICE, SERVICE_NAME, needs_token
-from pixelgate.server.authorization import ScopePolicy, declared_scopes
-from pixelgate.server.errors import PermissionDenied
-from pixelgate.server.principal import Principal
+from pixelgate.server.core.errors import PermissionDenied
+from pixelgate.server.core.principal import Principal
+from pixelgate.server.security.authorization import ScopePolicy, declared_scopes
 from pixelgate.v1 import image_service_pb2 as pb
 
 POLICY = ScopePolicy.from_services([IMAGE_SERVICE])

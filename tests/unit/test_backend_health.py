@@ -8,10 +8,10 @@ import socket
 import pytest
 from grpc_health.v1 import health, health_pb2
 
-from pixelgate.server.backend_health import BackendProbe, ServingHealth
-from pixelgate.server.errors import Unavailable
-from pixelgate.server.rate_limit import BackendUnavailable, Decision, Limit, Limiter
-from pixelgate.server.redis_rate_limit import RedisBackend
+from pixelgate.server.core.errors import Unavailable
+from pixelgate.server.limits.backend_probe import BackendProbe, ServingHealth
+from pixelgate.server.limits.buckets import BackendUnavailable, Decision, Limit, Limiter
+from pixelgate.server.limits.redis_backend import RedisBackend
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
-from pixelgate.server.config import ConfigError, Settings, load_settings
+from pixelgate.server.core.config import ConfigError, Settings, load_settings
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pixelgate.server.identity_memo import IdentityMemo
+from pixelgate.server.core.identity_memo import IdentityMemo
 
 
 def test_a_value_is_found_again_for_the_very_same_objects_only():

@@ -12,8 +12,8 @@ import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
-from pixelgate.server.errors import FieldViolation, RequestInvalid
-from pixelgate.server.interception import (
+from pixelgate.server.core.errors import FieldViolation, RequestInvalid
+from pixelgate.server.rpc.interception import (
     CallGuard,
     CallWrapper,
     InterceptorChain,
@@ -22,7 +22,7 @@ from pixelgate.server.interception import (
     request_metadata,
     wrap_handler,
 )
-from pixelgate.server.request_parsing import request_parser
+from pixelgate.server.rpc.request_parsing import request_parser
 from pixelgate.v1 import image_service_pb2 as pb
 
 METHOD = "/pixelgate.v1.ImageService/GenerateImage"

@@ -20,7 +20,7 @@ import pytest
 from grpc._cython import cygrpc
 from support import EventLoopThread
 
-from pixelgate.server.logging_setup import QUIET_LIBRARIES, configure_logging
+from pixelgate.server.logs.setup import QUIET_LIBRARIES, configure_logging
 
 GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
 """The logger grpcio's Cython layer writes to (metadata decoding, servicer errors)."""

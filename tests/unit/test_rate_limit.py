@@ -8,15 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from pixelgate.server.errors import Unavailable
-from pixelgate.server.rate_limit import (
+from pixelgate.server.core.errors import Unavailable
+from pixelgate.server.limits.buckets import (
     BackendUnavailable,
     Decision,
     Limit,
     Limiter,
     MemoryBackend,
 )
-from pixelgate.server.redis_rate_limit import RedisBackend
+from pixelgate.server.limits.redis_backend import RedisBackend
 
 # 30 a minute: one unit every 2 s (0.5 units/s, exact in binary floating point).
 THIRTY_A_MINUTE = Limit("requests", capacity=3, per_second=0.5)

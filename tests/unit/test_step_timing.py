@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixelgate.server.step_timing import CallClock, CallTime, Shape, StepTimer
+from pixelgate.server.engine.step_timing import CallClock, CallTime, Shape, StepTimer
 
 ONE = Shape("tiny", 64, 64, 1)
 TWO = Shape("tiny", 64, 64, 2)

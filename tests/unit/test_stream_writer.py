@@ -9,7 +9,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from pixelgate.server.stream_writer import StreamWriter
+from pixelgate.server.rpc.stream_writer import StreamWriter
 
 
 class _Peer:

@@ -10,10 +10,10 @@ import pytest
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.tokens import generate_signing_key, mint_access_token
-from pixelgate.server.errors import Unauthenticated
-from pixelgate.server.key_sources import StaticKeys
-from pixelgate.server.token_keys import verification_key
-from pixelgate.server.token_verifier import TokenVerifier, TrustedIssuer
+from pixelgate.server.core.errors import Unauthenticated
+from pixelgate.server.security.key_sources import StaticKeys
+from pixelgate.server.security.token_keys import verification_key
+from pixelgate.server.security.token_verifier import TokenVerifier, TrustedIssuer
 
 KEY = generate_signing_key()
 VERIFICATION = verification_key(KEY.public_key(), {"ES256"})

@@ -22,16 +22,16 @@ from jwt.algorithms import ECAlgorithm
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.dev.tokens import SigningKey, generate_signing_key, mint_access_token
-from pixelgate.server.errors import Unauthenticated
-from pixelgate.server.key_sources import StaticKeys
-from pixelgate.server.token_keys import (
+from pixelgate.server.core.errors import Unauthenticated
+from pixelgate.server.security.key_sources import StaticKeys
+from pixelgate.server.security.token_keys import (
     UnusableKeyError,
     VerificationKey,
     key_id,
     load_public_key,
     verification_key,
 )
-from pixelgate.server.token_verifier import (
+from pixelgate.server.security.token_verifier import (
     MAX_TOKEN_BYTES,
     TokenVerifier,
     TrustedIssuer,

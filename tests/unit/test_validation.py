@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from pixelgate.server.encoding import ImageFormat
-from pixelgate.server.errors import InvalidArgument, NotFound
-from pixelgate.server.models import ModelCard
-from pixelgate.server.validation import RequestInvalid, RequestValidator
+from pixelgate.server.api.encoding import ImageFormat
+from pixelgate.server.api.validation import RequestInvalid, RequestValidator
+from pixelgate.server.core.errors import InvalidArgument, NotFound
+from pixelgate.server.models.runtime import ModelCard
 from pixelgate.v1 import image_service_pb2 as pb
 
 MAX_PROMPT_BYTES = 40

@@ -17,7 +17,7 @@ from cryptography import x509
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 from pixelgate.dev.pki import write_dev_pki
 from pixelgate.dev.tokens import ALL_SCOPES, load_signing_key, mint_access_token
-from pixelgate.server.client_identity import certificate_thumbprint
+from pixelgate.server.security.client_identity import certificate_thumbprint
 
 EXIT_FAILURE = 1
 

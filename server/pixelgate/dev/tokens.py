@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
-from pixelgate.server.token_keys import key_id
+from pixelgate.server.security.token_keys import key_id
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from pixelgate.server.app import start_server
-from pixelgate.server.config import ConfigError, Settings, load_settings
-from pixelgate.server.logging_setup import configure_logging
-from pixelgate.server.model_registry import engine_devices
-from pixelgate.server.models import load_model
-from pixelgate.server.tls import TlsConfigError
+from pixelgate.server.core.config import ConfigError, Settings, load_settings
+from pixelgate.server.logs.setup import configure_logging
+from pixelgate.server.models.registry import engine_devices
+from pixelgate.server.models.runtime import load_model
+from pixelgate.server.security.tls import TlsConfigError
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

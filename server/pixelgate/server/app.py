@@ -31,13 +31,11 @@ import torch
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from pixelgate.server.audit_log import AuditLog, AuditWriter
-from pixelgate.server.authentication import CertificateAllowlist, TokenAuthentication
-from pixelgate.server.authorization import ScopeAuthorization, ScopePolicy
-from pixelgate.server.backend_health import BackendProbe, ServingHealth
-from pixelgate.server.caller_policy import CallerPolicy
-from pixelgate.server.client_identity import BindingPolicy
-from pixelgate.server.config import (
+from pixelgate.server.api.reflection import DocumentedReflectionServicer, documented_files
+from pixelgate.server.api.servicer import ImageServicer
+from pixelgate.server.api.validation import RequestValidator
+from pixelgate.server.audit.audit_log import AuditLog, AuditWriter
+from pixelgate.server.core.config import (
     AuthSettings,
     ConfigError,
     ConnectionSettings,
@@ -46,27 +44,29 @@ from pixelgate.server.config import (
     RateLimitSettings,
     Settings,
 )
-from pixelgate.server.engine import GenerationEngine
-from pixelgate.server.error_mapping import ErrorMapping
-from pixelgate.server.gpu_quota import CostModel, GpuQuota
-from pixelgate.server.interception import InterceptorChain, every_method
-from pixelgate.server.key_sources import key_source
-from pixelgate.server.memory_guard import MIB, MemoryGuard
-from pixelgate.server.model_registry import ModelRegistry, engine_devices
-from pixelgate.server.models import ModelLoader, ModelRuntime, load_model
-from pixelgate.server.rate_limit import Limit, Limiter, MemoryBackend, RateLimitBackend
-from pixelgate.server.rate_limit_guards import (
+from pixelgate.server.engine.engine import GenerationEngine
+from pixelgate.server.engine.memory_guard import MIB, MemoryGuard
+from pixelgate.server.limits.backend_probe import BackendProbe, ServingHealth
+from pixelgate.server.limits.buckets import Limit, Limiter, MemoryBackend, RateLimitBackend
+from pixelgate.server.limits.caller_policy import CallerPolicy
+from pixelgate.server.limits.gpu_quota import CostModel, GpuQuota
+from pixelgate.server.limits.guards import (
     CallerRateLimit,
     PeerRateLimit,
 )
-from pixelgate.server.redis_rate_limit import RedisBackend
-from pixelgate.server.reflection import DocumentedReflectionServicer, documented_files
-from pixelgate.server.safety import PromptDenylist, output_checker
-from pixelgate.server.servicer import ImageServicer
-from pixelgate.server.tls import server_credentials
-from pixelgate.server.token_keys import UnusableKeyError
-from pixelgate.server.token_verifier import TokenVerifier, TrustedIssuer
-from pixelgate.server.validation import RequestValidator
+from pixelgate.server.limits.redis_backend import RedisBackend
+from pixelgate.server.models.registry import ModelRegistry, engine_devices
+from pixelgate.server.models.runtime import ModelLoader, ModelRuntime, load_model
+from pixelgate.server.models.safety import PromptDenylist, output_checker
+from pixelgate.server.rpc.error_mapping import ErrorMapping
+from pixelgate.server.rpc.interception import InterceptorChain, every_method
+from pixelgate.server.security.authentication import CertificateAllowlist, TokenAuthentication
+from pixelgate.server.security.authorization import ScopeAuthorization, ScopePolicy
+from pixelgate.server.security.client_identity import BindingPolicy
+from pixelgate.server.security.key_sources import key_source
+from pixelgate.server.security.tls import server_credentials
+from pixelgate.server.security.token_keys import UnusableKeyError
+from pixelgate.server.security.token_verifier import TokenVerifier, TrustedIssuer
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 

@@ -1,0 +1,3 @@
+"""One audit line per call: rendering, the writer thread, and the chain step that records each
+call.
+"""

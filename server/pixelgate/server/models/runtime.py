@@ -1,0 +1,268 @@
+"""Models: loading a diffusers pipeline onto a device and running batches on it.
+
+`from_pretrained` takes a local directory or a hub id; with no source
+configured the embedded tiny test model is built (once) and loaded through the
+same path. A loaded model belongs to one worker thread, which alone calls it:
+diffusers schedulers and tokenizers are not thread-safe. Validation counts
+prompt tokens with a tokenizer of its own, loaded separately.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from pixelgate.server.core.config import ModelSettings
+from pixelgate.server.models.tiny_model import ensure_tiny_model
+
+log = logging.getLogger("pixelgate.models")
+
+StepCallback = Callable[[int, int, Any], None]
+"""Called after each denoising step with (step, total, latents or None); raising stops the run."""
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model's id, description and the request bounds it accepts."""
+
+    id: str
+    description: str
+    is_test_model: bool
+    min_size: int
+    max_width: int
+    max_height: int
+    default_width: int
+    default_height: int
+    default_steps: int
+    max_steps: int
+    default_guidance_scale: float
+    max_prompt_tokens: int | None
+    """Tokens the text encoder reads, special tokens excluded; None = no tokenizer bound."""
+
+    @classmethod
+    def of(cls, settings: ModelSettings, max_prompt_tokens: int | None) -> ModelCard:
+        """The card for a configured model."""
+        return cls(
+            id=settings.id,
+            description=settings.description,
+            is_test_model=settings.is_test_model,
+            min_size=settings.min_size,
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+            default_width=settings.default_width,
+            default_height=settings.default_height,
+            default_steps=settings.default_steps,
+            max_steps=settings.max_steps,
+            default_guidance_scale=settings.default_guidance_scale,
+            max_prompt_tokens=max_prompt_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class PipelineBatch:
+    """One pipeline call: an entry per image, and the parameters they share."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    want_latents: bool = False
+    """Hand the latents to the step callback (for previews)."""
+
+
+class ModelRuntime(Protocol):
+    """A model loaded on one device, called by its worker thread only."""
+
+    device: str
+    weights_bytes: int
+    latent_channels: int | None
+
+    def run(self, batch: PipelineBatch, on_step: StepCallback) -> list[Image.Image]:
+        """Runs the pipeline once for every image of `batch`."""
+        ...
+
+
+ModelLoader = Callable[[ModelSettings, str], ModelRuntime]
+"""Loads a configured model onto a device ("cpu", "cuda:0")."""
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """ "auto" is float16 on CUDA (half the memory, tensor cores) and float32 on the CPU."""
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[name]
+
+
+def resolve_source(settings: ModelSettings, cache_dir: Path) -> str:
+    """Where the model loads from: its source, or the tiny model (built on first use)."""
+    return settings.source or str(ensure_tiny_model(cache_dir))
+
+
+class DiffusersModel:
+    """A diffusers text-to-image pipeline on one device."""
+
+    def __init__(self, pipeline: Any, device: str, settings: ModelSettings) -> None:
+        self._pipeline = pipeline
+        self._settings = settings
+        self.device = device
+        self.weights_bytes = sum(
+            parameter.numel() * parameter.element_size()
+            for component in pipeline.components.values()
+            if isinstance(component, torch.nn.Module)
+            for parameter in component.parameters()
+        )
+        unet = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        channels = getattr(getattr(unet, "config", None), "in_channels", None)
+        self.latent_channels = channels if isinstance(channels, int) else None
+        self.pipeline_name = type(pipeline).__name__
+        self.dtype = str(getattr(pipeline, "dtype", "")).removeprefix("torch.")
+
+    def run(self, batch: PipelineBatch, on_step: StepCallback) -> list[Image.Image]:
+        """Runs the pipeline; one CPU generator per image keeps each image's noise its own."""
+
+        def step_end(
+            pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            on_step(step_index + 1, int(pipeline.num_timesteps), kwargs.get("latents"))
+            return kwargs
+
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch.seeds]
+        self._configure_vae(batch)
+        negatives = list(batch.negative_prompts) if any(batch.negative_prompts) else None
+        with torch.inference_mode():
+            result = self._pipeline(
+                prompt=list(batch.prompts),
+                negative_prompt=negatives,
+                width=batch.width,
+                height=batch.height,
+                num_inference_steps=batch.steps,
+                guidance_scale=batch.guidance_scale,
+                num_images_per_prompt=1,
+                generator=generators,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"] if batch.want_latents else [],
+                output_type="pil",
+            )
+        return list(result.images)
+
+    def _configure_vae(self, batch: PipelineBatch) -> None:
+        vae = getattr(self._pipeline, "vae", None)
+        if vae is None:
+            return
+        if hasattr(vae, "enable_slicing"):
+            if self._settings.vae_slicing:
+                vae.enable_slicing()
+            else:
+                vae.disable_slicing()
+        threshold = self._settings.vae_tiling_above_pixels
+        if hasattr(vae, "enable_tiling"):
+            if threshold and batch.width * batch.height > threshold:
+                vae.enable_tiling()
+            else:
+                vae.disable_tiling()
+
+
+def _pipeline_class(name: str | None) -> Any:
+    diffusers = importlib.import_module("diffusers")
+    if name is None:
+        return diffusers.AutoPipelineForText2Image
+    found = getattr(diffusers, name, None)
+    if found is None or not hasattr(found, "from_pretrained"):
+        raise ValueError(f"diffusers has no pipeline class {name!r}")
+    return found
+
+
+def load_model(settings: ModelSettings, device: str, cache_dir: Path) -> DiffusersModel:
+    """Loads the configured model onto `device` (building the tiny test model when unset)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # Loading progress bars mean nothing in a server's log.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    source = resolve_source(settings, cache_dir)
+    dtype = resolve_dtype(settings.dtype, device)
+    log.info("loading model %s from %s on %s (%s)", settings.id, source, device, dtype)
+    pipeline = _pipeline_class(settings.pipeline).from_pretrained(source, dtype=dtype)
+    if settings.scheduler is not None:
+        scheduler_class = getattr(importlib.import_module("diffusers"), settings.scheduler, None)
+        if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+            raise ValueError(f"diffusers has no scheduler class {settings.scheduler!r}")
+        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    # torch 2 runs attention through scaled_dot_product_attention (flash or
+    # memory-efficient kernels on CUDA) with diffusers' default processors.
+    return DiffusersModel(pipeline, device, settings)
+
+
+def weights_on_disk(source: str) -> int:
+    """Bytes of weight files in a local model directory (0 for a hub id): an estimate."""
+    root = Path(source)
+    if not root.is_dir():
+        return 0
+    return sum(
+        path.stat().st_size
+        for pattern in ("*.safetensors", "*.bin")
+        for path in root.rglob(pattern)
+    )
+
+
+class PromptTokenizer:
+    """Counts prompt tokens for validation; used on the event loop thread only."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        length = getattr(tokenizer, "model_max_length", None)
+        # Begin and end of text take two; "unlimited" sentinels mean no bound.
+        self.max_tokens = length - 2 if isinstance(length, int) and length < 100_000 else None
+
+    def count(self, text: str) -> int:
+        """Tokens `text` takes, special tokens excluded."""
+        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False)
+        return len(encoded["input_ids"])
+
+
+def load_tokenizer(settings: ModelSettings, cache_dir: Path) -> PromptTokenizer | None:
+    """The model's (first) tokenizer, or None when it has none that loads."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(settings, cache_dir)
+    try:
+        return PromptTokenizer(AutoTokenizer.from_pretrained(source, subfolder="tokenizer"))
+    except (OSError, ValueError) as error:
+        log.warning(
+            "model %s: no tokenizer (%s); prompts bounded by bytes only",
+            settings.id,
+            type(error).__name__,
+        )
+        return None
+
+
+__all__ = [
+    "DiffusersModel",
+    "ModelCard",
+    "ModelLoader",
+    "ModelRuntime",
+    "PipelineBatch",
+    "PromptTokenizer",
+    "StepCallback",
+    "load_model",
+    "load_tokenizer",
+    "resolve_dtype",
+    "resolve_source",
+    "weights_on_disk",
+]
