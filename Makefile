@@ -22,7 +22,7 @@ BUF_STAMP   := $(VENV)/buf/.installed-$(BUF_VERSION)
 # The contract as last released: `buf breaking` compares protos/ with it.
 BASELINE    := protos/baseline/pixelgate-v1.binpb
 
-.PHONY: help install proto proto-baseline certs token model serve generate test prove lint buf-lint clean
+.PHONY: help install proto proto-baseline certs token model serve generate test prove wheels lint buf-lint clean
 
 help:
 	@echo "make serve     set up (venv, deps, stubs, dev PKI, tiny model) and serve on $(HOST):$(PORT)"
@@ -30,19 +30,30 @@ help:
 	@echo "make test      set up and run the test suite"
 	@echo "make prove     run the proof suite (not part of test); PROVE_ARGS=--short for CI's size"
 	@echo "make token     print a dev access token: SUBJECT=alice SCOPES='models:read'"
+	@echo "make wheels    build dist/: pixelgate-client (callers) and pixelgate (the server)"
 	@echo "make proto | proto-baseline | certs | model | lint | clean"
 
-$(INSTALLED): pyproject.toml
+# Two distributions, both editable here: the client (client/: stubs, library, CLI;
+# its build generates the stubs in protos/) and the server (the root) that needs it.
+$(INSTALLED): pyproject.toml client/pyproject.toml client/setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 install: $(INSTALLED)
 
+# The client's wheel generates its stubs from protos/ as it is built; the server's
+# wheel pins that client release. Callers install only pixelgate-client.
+# setuptools keeps build/ between builds: a module moved away would ship again.
+wheels: $(INSTALLED)
+	rm -rf dist build client/build
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist ./client .
+
 # Stubs (messages, service, their .pyi type stubs) and a descriptor set with the
 # protos' comments (served by reflection) come from protos/ only, all in one go.
+# client/setup.py runs the same protoc when it builds the client's wheel.
 $(STUBS): $(PROTOS) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I protos \
 		--python_out=protos --grpc_python_out=protos \
@@ -100,4 +111,5 @@ lint: $(STUBS) buf-lint
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(STUBS) protos/pixelgate/v1/*_pb2*.py* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(STUBS) protos/pixelgate/v1/*_pb2*.py* .pytest_cache .mypy_cache .ruff_cache \
+		dist build client/build *.egg-info server/*.egg-info client/*.egg-info
