@@ -109,6 +109,7 @@ lint: $(STUBS) buf-lint
 	$(BIN)/ruff check server client tests
 	$(BIN)/ruff format --check server client tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(STUBS) protos/pixelgate/v1/*_pb2*.py* .pytest_cache .mypy_cache .ruff_cache \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
 from pixelgate.server.core.config import Settings, load_settings
-from pixelgate.server.engine.engine import WARMUP_PROMPT
+from pixelgate.server.engine.worker import WARMUP_PROMPT
 from pixelgate.server.models.runtime import ModelLoader, ModelRuntime
 
 T = TypeVar("T")
@@ -216,34 +217,80 @@ def is_warm_up(batch: Any) -> bool:
     return set(batch.prompts) == {WARMUP_PROMPT}
 
 
-class GatedModel:
-    """Wraps a loaded runtime: records each real call's seeds; calls wait while `gate` is clear."""
+def seed_colour(seed: int) -> tuple[int, int, int]:
+    """The solid colour of FakeRuntime's image for `seed` (tells each image's seed apart)."""
+    return (seed % 251, (seed // 251) % 251, 77)
 
-    def __init__(self, inner: Any, after_step: Callable[[int], None] | None = None) -> None:
-        import threading
 
+class FakeRuntime:
+    """The one fake model runtime of the tests: solid images per seed, or a wrapped real model's.
+
+    Warm-up calls are not recorded, gated or failed.
+    Every other call records its seeds in `calls`, waits while `gate` is clear,
+    and notes `tag` in `runs`; before its step `fail_at_step` + 1 it calls
+    `fail(batch)`, which may raise (as a failing device does), and after each
+    step `after_step(step)`. Every step (warm-up too) sleeps `step_seconds`.
+    The very first call (warm-up or not) sleeps `cold_seconds` first, as a
+    real model's cold start does.
+    """
+
+    def __init__(
+        self,
+        inner: Any = None,
+        *,
+        step_seconds: float = 0.0,
+        cold_seconds: float = 0.0,
+        fail: Callable[[Any], None] | None = None,
+        fail_at_step: int = 0,
+        after_step: Callable[[int], None] | None = None,
+        tag: str = "",
+        runs: list[str] | None = None,
+    ) -> None:
         self._inner = inner
-        self._after_step = after_step
-        self.device = inner.device
-        self.weights_bytes = inner.weights_bytes
-        self.latent_channels = inner.latent_channels
-        self.pipeline_name = inner.pipeline_name
-        self.dtype = inner.dtype
+        self.device = getattr(inner, "device", "cpu")
+        self.weights_bytes = getattr(inner, "weights_bytes", 1024)
+        self.latent_channels = getattr(inner, "latent_channels", None)
+        self.pipeline_name = getattr(inner, "pipeline_name", "")
+        self.dtype = getattr(inner, "dtype", "")
+        self.step_seconds = step_seconds
+        self.cold_seconds = cold_seconds
+        self.fail = fail
+        self.fail_at_step = fail_at_step
+        self.after_step = after_step
+        self.tag = tag
+        self.runs = runs if runs is not None else []
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[tuple[int, ...]] = []
 
     def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> Any:
-        """Runs the wrapped model; the warm-up call passes straight through."""
-        if is_warm_up(batch):
-            return self._inner.run(batch, on_step)
-        self.calls.append(batch.seeds)
-        self.gate.wait(30)
-        after = self._after_step
+        """Paints (or has the wrapped model make) one image per seed, with the knobs applied."""
+        if self.cold_seconds:
+            cold, self.cold_seconds = self.cold_seconds, 0.0
+            time.sleep(cold)
+        warm_up = is_warm_up(batch)
+        if not warm_up:
+            self.calls.append(batch.seeds)
+            self.runs.append(self.tag)
+            self.gate.wait(30)
 
         def step(index: int, total: int, latents: Any) -> None:
+            if not warm_up and self.fail is not None and index == self.fail_at_step + 1:
+                self.fail(batch)
+            time.sleep(self.step_seconds)  # warm-up too: it measures what a step costs
             on_step(index, total, latents)
-            if after is not None:
-                after(index)
+            if not warm_up and self.after_step is not None:
+                self.after_step(index)
 
-        return self._inner.run(batch, step)
+        return self._images(batch, step)
+
+    def _images(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> Any:
+        if self._inner is not None:
+            return self._inner.run(batch, on_step)
+        from PIL import Image
+
+        for index in range(1, batch.steps + 1):
+            on_step(index, batch.steps, None)
+        return [
+            Image.new("RGB", (batch.width, batch.height), seed_colour(seed)) for seed in batch.seeds
+        ]

@@ -72,8 +72,8 @@ class Tracked:
     """A submitted job: its estimate at admission, and its real time to finish once drained."""
 
     def __init__(self, engine: Any, phase: str, caller: str, steps: int, images: int) -> None:
-        from pixelgate.server.api.encoding import ImageFormat
         from pixelgate.server.core.generation import GenerationRequest
+        from pixelgate.server.core.image_format import ImageFormat
 
         request = GenerationRequest(
             model_id=engine.registry.default_model,

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from bench_server import client, start_server, stop, write_config
 
-from pixelgate.server.api.encoding import ImageFormat, encode_image
+from pixelgate.server.api.encoding import encode_image
 from pixelgate.server.core.config import ModelSettings
+from pixelgate.server.core.image_format import ImageFormat
 from pixelgate.server.models.runtime import PipelineBatch, load_model
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from support import GatedModel, is_warm_up, wait_for
+from support import FakeRuntime, wait_for
 
 from pixelgate.client import Unavailable
 from pixelgate.server.models.runtime import load_model
@@ -21,25 +21,6 @@ from pixelgate.v1 import image_service_pb2 as pb
 READY = pb.ModelInfo.STATE_READY
 FAILED = pb.ModelInfo.STATE_FAILED
 SECRET_PATH = "/srv/secret-weights/broken.safetensors"
-
-
-class TaggedModel:
-    """Wraps a loaded runtime and notes, per pipeline call, which model id served it."""
-
-    def __init__(self, inner: Any, model_id: str, runs: list[str]) -> None:
-        self._inner = inner
-        self._model_id = model_id
-        self._runs = runs
-        self.device = inner.device
-        self.weights_bytes = inner.weights_bytes
-        self.latent_channels = inner.latent_channels
-        self.pipeline_name = inner.pipeline_name
-        self.dtype = inner.dtype
-
-    def run(self, batch: Any, on_step: Any) -> Any:
-        if not is_warm_up(batch):
-            self._runs.append(self._model_id)
-        return self._inner.run(batch, on_step)
 
 
 class RecordingLoader:
@@ -54,11 +35,11 @@ class RecordingLoader:
         self.loaded: list[tuple[str, str]] = []
         self.runs: list[str] = []
 
-    def __call__(self, settings: Any, device: str) -> TaggedModel:
+    def __call__(self, settings: Any, device: str) -> FakeRuntime:
         self.loaded.append((settings.id, device))
         if settings.id in self._broken:
             raise FileNotFoundError(2, "No such file or directory", SECRET_PATH)
-        return TaggedModel(copy.deepcopy(self._tiny_model), settings.id, self.runs)
+        return FakeRuntime(copy.deepcopy(self._tiny_model), tag=settings.id, runs=self.runs)
 
 
 def _models(client) -> dict[str, pb.ModelInfo]:
@@ -309,7 +290,7 @@ def test_a_model_that_fails_on_one_of_two_devices_is_served_by_the_other(
     start_server, connect, mint, tiny_model
 ):
     """While ListModels says a model is ready, no request for it fails to load."""
-    good = GatedModel(copy.deepcopy(tiny_model))
+    good = FakeRuntime(copy.deepcopy(tiny_model))
     loads: list[str] = []
     lock = threading.Lock()
 

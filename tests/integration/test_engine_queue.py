@@ -6,75 +6,17 @@ import copy
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import torch
 from PIL import Image
-from support import GatedModel, is_warm_up, wait_for
+from support import FakeRuntime, seed_colour, wait_for
 
 from pixelgate.client import DeadlineExceeded, GeneratedImage, RateLimited
 from pixelgate.v1 import image_service_pb2 as pb
-
-
-def _seed_colour(seed: int) -> tuple[int, int, int]:
-    return (seed % 251, (seed // 251) % 251, 77)
-
-
-class FakeRuntime:
-    """A model without a pipeline: per-seed solid images, optional per-step delay.
-
-    Records each pipeline call's seeds (warm-up excluded); the first call
-    waits for `gate` (when cleared), so tests can queue work behind it.
-    `fail(batch)` may raise to simulate the device failing.
-    """
-
-    device = "cpu"
-    weights_bytes = 1024
-    latent_channels = None
-
-    def __init__(
-        self,
-        *,
-        step_seconds: float = 0.0,
-        fail: Callable[[Any], None] | None = None,
-    ) -> None:
-        self.step_seconds = step_seconds
-        self.fail = fail
-        self.gate = threading.Event()
-        self.gate.set()
-        self.calls: list[tuple[int, ...]] = []
-
-    def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> list[Image.Image]:
-        if not is_warm_up(batch):
-            self.calls.append(batch.seeds)
-            self.gate.wait(30)
-            if self.fail is not None:
-                self.fail(batch)
-        for step in range(1, batch.steps + 1):
-            time.sleep(self.step_seconds)
-            on_step(step, batch.steps, None)
-        return [
-            Image.new("RGB", (batch.width, batch.height), _seed_colour(seed))
-            for seed in batch.seeds
-        ]
-
-
-class ColdStartRuntime(FakeRuntime):
-    """A FakeRuntime whose very first call (the cold one) is slow, as a real model's is."""
-
-    def __init__(self, *, cold_seconds: float, step_seconds: float) -> None:
-        super().__init__(step_seconds=step_seconds)
-        self.cold_seconds = cold_seconds
-        self._cold = True
-
-    def run(self, batch: Any, on_step: Callable[[int, int, Any], None]) -> list[Image.Image]:
-        if self._cold:
-            self._cold = False
-            time.sleep(self.cold_seconds)
-        return super().run(batch, on_step)
 
 
 def _callers(server, connect, mint, count: int) -> list[Any]:
@@ -203,7 +145,7 @@ def test_compatible_requests_from_different_callers_run_as_one_batch(
     start_server, connect, mint, tiny_model
 ):
     """Four callers waiting with the same size and steps are served by one pipeline call."""
-    gated = GatedModel(copy.deepcopy(tiny_model))
+    gated = FakeRuntime(copy.deepcopy(tiny_model))
     server = start_server(loader=lambda settings, device: gated)
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, 5)
@@ -244,7 +186,7 @@ def test_batched_images_match_the_same_seeds_generated_alone(
     start_server, connect, mint, tiny_model
 ):
     """Batching is invisible in the pictures; a request of another size is not batched in."""
-    gated = GatedModel(copy.deepcopy(tiny_model))
+    gated = FakeRuntime(copy.deepcopy(tiny_model))
     server = start_server(loader=lambda settings, device: gated)
     busy, fox, bird, wide = _callers(server, connect, mint, 4)
     gated.gate.clear()
@@ -285,7 +227,7 @@ def test_a_cancelled_batch_member_does_not_disturb_the_others(
     start_server, connect, mint, tiny_model
 ):
     """One caller leaving mid-batch stops only its own job; the others get every step and image."""
-    gated = GatedModel(copy.deepcopy(tiny_model))
+    gated = FakeRuntime(copy.deepcopy(tiny_model))
     server = start_server(loader=lambda settings, device: gated)
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, 4)
@@ -330,7 +272,7 @@ def test_two_workers_run_two_callers_jobs_at_the_same_time(start_server, connect
             together.wait()
 
     server = start_server(
-        loader=lambda settings, device: GatedModel(copy.deepcopy(tiny_model), after_step=meet),
+        loader=lambda settings, device: FakeRuntime(copy.deepcopy(tiny_model), after_step=meet),
         engine={"devices": ["cpu", "cpu"]},
     )
     stats = server.running.engine.stats
@@ -394,8 +336,53 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_job_at_a_time(start_serv
     for events, seed in zip(results, (7, 8, 9), strict=True):
         [image] = _images(events)
         assert image.seed == seed
-        assert _centre_colour(image) == _seed_colour(seed)  # its own picture, not a neighbour's
+        assert _centre_colour(image) == seed_colour(seed)  # its own picture, not a neighbour's
     wait_for(lambda: stats.jobs_completed == 4, what="every job completed")
+    assert stats.jobs_failed == 0
+
+
+def test_a_job_retried_after_running_out_of_memory_counts_once_and_never_steps_back(
+    start_server, connect, mint
+):
+    """A batch that ran out of memory at step 3: each caller sees steps 1..4 once, in order, and
+    no queue position after it started running; each job counts as started once."""
+
+    def fail(batch: Any) -> None:
+        if len(batch.seeds) > 1:
+            raise _out_of_memory()
+
+    fake = FakeRuntime(fail=fail, fail_at_step=2)
+    server = start_server(loader=lambda settings, device: fake, engine={"warmup": False})
+    stats = server.running.engine.stats
+    busy, *callers = _callers(server, connect, mint, 4)
+    fake.gate.clear()
+    try:
+        blocker = busy.stream("occupies the worker", steps=1, seed=1)
+        next(blocker)
+        wait_for(lambda: len(fake.calls) == 1, what="the first job started")
+        streams = [
+            client.stream("a fox", steps=4, seed=seed)
+            for client, seed in zip(callers, (7, 8, 9), strict=True)
+        ]
+        for stream in streams:
+            next(stream)
+        _wait_until_queued(server.running.engine, 3)
+    finally:
+        fake.gate.set()
+    _, *results = _drain([blocker, *streams])
+
+    assert sorted(fake.calls[2:]) == [(7,), (8,), (9,)]  # the batch of three was retried
+    for events, seed in zip(results, (7, 8, 9), strict=True):
+        assert _running_steps(events) == [1, 2, 3, 4]
+        progress = [e for e in events if isinstance(e, pb.Progress)]
+        first_running = next(
+            i for i, e in enumerate(progress) if e.state == pb.Progress.STATE_RUNNING
+        )
+        assert not _queued(progress[first_running:])
+        [image] = _images(events)
+        assert (image.seed, image.steps) == (seed, 4)
+    wait_for(lambda: stats.jobs_completed == 4, what="every job completed")
+    assert stats.jobs_started == 4
     assert stats.jobs_failed == 0
 
 
@@ -416,7 +403,7 @@ def test_out_of_memory_fails_only_the_request_that_caused_it(start_server, conne
     assert "9 GiB" not in refused.value.details
     [image] = client.generate("a fox", steps=2, seed=14)
     assert image.seed == 14
-    assert _centre_colour(image) == _seed_colour(14)
+    assert _centre_colour(image) == seed_colour(14)
     assert (stats.jobs_failed, stats.jobs_completed) == (1, 1)
 
 
@@ -468,7 +455,7 @@ def test_the_memory_guard_covers_a_model_not_loaded_yet(start_server, connect, t
 def test_a_cold_first_call_does_not_inflate_the_first_estimate(start_server, connect):
     """On a fresh server a 20-step job's first ETA is about 20 steps' time, not the cold start's."""
     step_seconds, cold_seconds = 0.01, 0.5
-    fake = ColdStartRuntime(cold_seconds=cold_seconds, step_seconds=step_seconds)
+    fake = FakeRuntime(cold_seconds=cold_seconds, step_seconds=step_seconds)
     server = start_server(loader=lambda settings, device: fake)
     stream = connect(server).stream("a fox", steps=20, seed=1)
 
@@ -490,7 +477,7 @@ def test_compatible_jobs_whose_deadline_fits_one_batch_are_all_admitted_and_fini
 ):
     """Eight callers whose deadline fits one batched call, not eight runs, all get their image;
     a deadline no run could meet is still refused at once with DEADLINE_EXCEEDED."""
-    gated = GatedModel(copy.deepcopy(tiny_model))
+    gated = FakeRuntime(copy.deepcopy(tiny_model))
     server = start_server(loader=lambda settings, device: gated)
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, BATCH + 1)

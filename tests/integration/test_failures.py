@@ -5,29 +5,21 @@ from __future__ import annotations
 import logging
 
 import pytest
-from support import is_warm_up
+from support import FakeRuntime
 
 from pixelgate.client import ServerError
 
 
-class ExplodingModel:
-    """A model whose pipeline fails (after warm-up) with an exception full of internals."""
-
-    device = "cpu"
-    weights_bytes = 0
-    latent_channels = 4
-
-    def run(self, batch, on_step):
-        if is_warm_up(batch):
-            return [None] * len(batch.seeds)
-        on_step(1, batch.steps, None)
-        raise RuntimeError("CUDA error at /opt/secret/path/kernel.cu:42")
+def _explode(batch: object) -> None:
+    raise RuntimeError("CUDA error at /opt/secret/path/kernel.cu:42")
 
 
 def test_an_unexpected_failure_is_internal_and_leaks_nothing(start_server, connect, caplog):
     """The caller gets INTERNAL 'internal error'; the traceback goes to the server log only."""
     caplog.set_level(logging.ERROR, logger="pixelgate.errors")
-    server = start_server(model=ExplodingModel())
+    # The pipeline fails after its first step with an exception full of internals.
+    exploding = FakeRuntime(fail=_explode, fail_at_step=1)
+    server = start_server(loader=lambda settings, device: exploding)
     client = connect(server)
     with pytest.raises(ServerError) as caught:
         client.generate("a fox", steps=3)

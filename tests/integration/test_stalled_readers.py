@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from support import GatedModel, wait_for
+from support import FakeRuntime, wait_for
 
 from pixelgate.client.credentials import channel_credentials
 from pixelgate.server.core.config import ConfigError, load_settings
@@ -99,7 +99,7 @@ def test_a_reader_that_stalls_mid_generation_stops_the_pipeline(
     """Stalling on progress previews cancels the running job well short of its steps, and
     only the steps run are charged."""
     server = start_server(
-        loader=lambda settings, device: GatedModel(
+        loader=lambda settings, device: FakeRuntime(
             copy.deepcopy(tiny_model), after_step=lambda step: time.sleep(0.05)
         ),
         engine={"warmup": False},  # no step times: the slowed steps are not refused

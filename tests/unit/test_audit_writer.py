@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pixelgate.server.audit import audit_log as audit_log
-from pixelgate.server.audit.audit_log import PIPE_ATOMIC_BYTES, write_lines
+from pixelgate.server.audit import writer as audit_writer
+from pixelgate.server.audit.writer import PIPE_ATOMIC_BYTES, write_lines
 
 
 def _recorded_writes(monkeypatch) -> list[bytes]:
@@ -19,7 +19,7 @@ def _recorded_writes(monkeypatch) -> list[bytes]:
         writes.append(bytes(data))
         return len(data)
 
-    monkeypatch.setattr(audit_log.os, "write", write)
+    monkeypatch.setattr(audit_writer.os, "write", write)
     return writes
 
 
@@ -53,7 +53,7 @@ def test_partial_writes_are_continued(monkeypatch):
         received.append(bytes(data[:half]))
         return half
 
-    monkeypatch.setattr(audit_log.os, "write", write_half)
+    monkeypatch.setattr(audit_writer.os, "write", write_half)
     lines = [b"%d\n" % i for i in range(500)]
 
     write_lines(99, lines)
@@ -62,7 +62,7 @@ def test_partial_writes_are_continued(monkeypatch):
 
 
 def _writer_to(path, **options):
-    from pixelgate.server.audit.audit_log import AuditWriter
+    from pixelgate.server.audit.writer import AuditWriter
 
     return AuditWriter(str(path), interval=0.01, **options)
 
@@ -86,7 +86,7 @@ def test_a_failed_write_never_glues_two_lines_together(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(audit_log.os, "write", flaky)
+    monkeypatch.setattr(audit_writer.os, "write", flaky)
     writer.submit(_record("/first"), "OK", None)
     time.sleep(0.2)
     writer.submit(_record("/second"), "OK", None)
@@ -111,7 +111,7 @@ def test_a_destination_open_to_every_user_is_refused(tmp_path):
     path = tmp_path / "audit.jsonl"
     path.touch(mode=0o644)
     with pytest.raises(ConfigError, match="every user"):
-        audit_log.open_audit_destination(str(path))
+        audit_writer.open_audit_destination(str(path))
 
 
 def test_a_destination_that_is_not_a_regular_file_is_refused(tmp_path):
@@ -122,15 +122,15 @@ def test_a_destination_that_is_not_a_regular_file_is_refused(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "elsewhere")
     with pytest.raises((ConfigError, OSError)):
-        audit_log.open_audit_destination(str(fifo))
+        audit_writer.open_audit_destination(str(fifo))
     with pytest.raises(OSError):
-        audit_log.open_audit_destination(str(link))  # never followed
+        audit_writer.open_audit_destination(str(link))  # never followed
     assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("name, fd", [("stderr", 2), ("stdout", 1)])
 def test_standard_streams_are_used_but_never_closed(name, fd):
-    assert audit_log.open_audit_destination(name) == (fd, False)
+    assert audit_writer.open_audit_destination(name) == (fd, False)
 
 
 def test_a_regular_file_gets_the_whole_batch_in_one_write(monkeypatch):
@@ -143,7 +143,7 @@ def test_a_regular_file_gets_the_whole_batch_in_one_write(monkeypatch):
 
 
 def test_an_audit_line_is_one_json_object_with_every_field():
-    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.audit.lines import AuditLines
     from pixelgate.server.core.principal import Principal
     from pixelgate.server.rpc.call_record import CallRecord
 
@@ -188,7 +188,7 @@ def test_an_audit_line_is_one_json_object_with_every_field():
 
 
 def test_an_unauthenticated_call_has_no_principal_in_its_line():
-    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.audit.lines import AuditLines
     from pixelgate.server.rpc.call_record import CallRecord
 
     line = AuditLines().line(CallRecord(method="/m", peer="p"), "UNAUTHENTICATED", None, 0.0)
@@ -202,7 +202,7 @@ def test_an_unauthenticated_call_has_no_principal_in_its_line():
 
 def test_a_call_ended_for_a_reason_its_status_does_not_tell_says_why():
     """A CANCELLED call whose reader stalled carries `reason`; a line without one has no key."""
-    from pixelgate.server.audit.audit_log import AuditLines
+    from pixelgate.server.audit.lines import AuditLines
     from pixelgate.server.rpc.call_record import CallRecord
 
     stalled = CallRecord(method="/m", peer="p")

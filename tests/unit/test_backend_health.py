@@ -9,8 +9,9 @@ import pytest
 from grpc_health.v1 import health, health_pb2
 
 from pixelgate.server.core.errors import Unavailable
+from pixelgate.server.core.quota import Decision, Limit
 from pixelgate.server.limits.backend_probe import BackendProbe, ServingHealth
-from pixelgate.server.limits.buckets import BackendUnavailable, Decision, Limit, Limiter
+from pixelgate.server.limits.buckets import BackendUnavailable, Limiter
 from pixelgate.server.limits.redis_backend import RedisBackend
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

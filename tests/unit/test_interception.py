@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
-from pixelgate.server.core.errors import FieldViolation, RequestInvalid
+from pixelgate.server.core.errors import FieldViolation, RequestInvalid, StatusCode
 from pixelgate.server.rpc.interception import (
     CallGuard,
     CallWrapper,
@@ -320,7 +320,7 @@ def test_a_body_that_does_not_parse_reaches_the_wrappers_as_invalid_argument(
     with pytest.raises(RequestInvalid) as raised:
         _call_shape(shape, wrapped, *bodies)
     refusal = raised.value
-    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal.code is StatusCode.INVALID_ARGUMENT
     assert refusal.violations == (
         FieldViolation("request body", "request body is not a valid request message"),
     )

@@ -9,13 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from pixelgate.server.core.errors import Unavailable
-from pixelgate.server.limits.buckets import (
-    BackendUnavailable,
-    Decision,
-    Limit,
-    Limiter,
-    MemoryBackend,
-)
+from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.buckets import BackendUnavailable, Limiter, MemoryBackend
 from pixelgate.server.limits.redis_backend import RedisBackend
 
 # 30 a minute: one unit every 2 s (0.5 units/s, exact in binary floating point).

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from pixelgate.server.api.encoding import ImageFormat
+from pixelgate.server.api.generation_ask import GenerationAsk
+from pixelgate.server.api.generation_messages import ask_from
 from pixelgate.server.api.validation import RequestInvalid, RequestValidator
 from pixelgate.server.core.errors import InvalidArgument, NotFound
-from pixelgate.server.models.runtime import ModelCard
+from pixelgate.server.core.image_format import ImageFormat
+from pixelgate.server.core.model_card import ModelCard
 from pixelgate.v1 import image_service_pb2 as pb
 
 MAX_PROMPT_BYTES = 40
@@ -62,9 +64,10 @@ def validator(model: FakeModel) -> RequestValidator:
     )
 
 
-def _request(**fields: Any) -> pb.GenerateImageRequest:
+def _request(**fields: Any) -> GenerationAsk:
+    """The request's fields as the servicer hands them to validation."""
     fields.setdefault("prompt", "a red fox")
-    return pb.GenerateImageRequest(**fields)
+    return ask_from(pb.GenerateImageRequest(**fields))
 
 
 def _invalid(validator: RequestValidator, **fields: Any) -> RequestInvalid:
@@ -350,10 +353,8 @@ def test_num_images_above_max_refused(validator: RequestValidator) -> None:
 
 def test_unknown_output_format_refused(validator: RequestValidator) -> None:
     """An output_format enum number the server does not know (99) is refused."""
-    request = _request()
-    request.output_format = 99  # type: ignore[assignment]
     with pytest.raises(RequestInvalid) as caught:
-        validator.validate(request)
+        validator.validate(_request(output_format=99))
     assert [v.field for v in caught.value.violations] == ["output_format"]
     assert "PNG, JPEG or WEBP" in caught.value.message
 
@@ -393,8 +394,8 @@ def test_all_violations_reported_together(validator: RequestValidator) -> None:
         steps=99,
         guidance_scale=-1.0,
         num_images=9,
+        output_format=99,
     )
-    request.output_format = 99  # type: ignore[assignment]
     with pytest.raises(RequestInvalid) as caught:
         validator.validate(request)
     error = caught.value

@@ -1,19 +1,24 @@
 """The composition root: the one place that knows every piece and wires them.
 
-The interceptor chain's order is written here once. Outermost first, the
-wrappers: audit log (sees every call's final status), error mapping
-(exceptions to statuses, nothing internal leaks); then the guards, in order:
-per-peer rate limit (bounds unauthenticated floods), authentication (client
-certificate allowlist (all but health), authentication (bearer token and
-its binding to the certificate), authorization (scopes declared in the
-proto), per-caller rate limit;
+Only here are the concrete backends named: the rate-limit bucket store (in
+memory or Redis), each issuer's key source (files or a fetched JWKS) and the
+audit writer; every other piece takes them through a small protocol.
 
-then the servicer, which validates, applies per-caller policy and GPU quota,
-and submits to the engine (admission, fair batching queue, a worker per
-device). Health and reflection need mutual TLS (the transport
-requires it of every connection) but no token. Health says SERVING once the
-default model is ready, and, where calls fail closed on a shared Redis, only
-while Redis answers.
+The interceptor chain's order is written here once. It opens each call's
+record, then runs, outermost first, the wrappers: audit log (sees every
+call's final status), error mapping (exceptions to statuses, nothing internal
+leaks); then the guards, in order: per-peer rate limit (bounds unauthenticated
+floods), client certificate allowlist (all but health, when identities are
+listed), token authentication (bearer token and its binding to the
+certificate), authorization (scopes declared in the proto), per-caller rate
+limit. Health and reflection need mutual TLS (the transport requires it of
+every connection) but no token: the last three guards skip them.
+
+Then the servicer, which only converts protobuf, hands a generation to the
+data plane (GenerationService: validation, caller policy, GPU quota, the
+engine's admission, fair batching queue and a worker per device, encoding).
+Health says SERVING once the default model is ready, and, where calls fail
+closed on a shared Redis, only while Redis answers.
 """
 
 from __future__ import annotations
@@ -21,33 +26,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import grpc.aio
-import torch
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from pixelgate.server.api.generation_service import GenerationService
 from pixelgate.server.api.reflection import DocumentedReflectionServicer, documented_files
 from pixelgate.server.api.servicer import ImageServicer
 from pixelgate.server.api.validation import RequestValidator
-from pixelgate.server.audit.audit_log import AuditLog, AuditWriter
+from pixelgate.server.audit.interceptor import AuditLog
+from pixelgate.server.audit.writer import AuditWriter
 from pixelgate.server.core.config import (
     AuthSettings,
     ConfigError,
     ConnectionSettings,
-    EngineSettings,
     ModelSettings,
     RateLimitSettings,
     Settings,
 )
+from pixelgate.server.core.quota import Limit
 from pixelgate.server.engine.engine import GenerationEngine
-from pixelgate.server.engine.memory_guard import MIB, MemoryGuard
+from pixelgate.server.engine.memory_guard import MemoryGuard
+from pixelgate.server.engine.prompt_denylist import PromptDenylist
 from pixelgate.server.limits.backend_probe import BackendProbe, ServingHealth
-from pixelgate.server.limits.buckets import Limit, Limiter, MemoryBackend, RateLimitBackend
+from pixelgate.server.limits.buckets import Limiter, MemoryBackend, RateLimitBackend
 from pixelgate.server.limits.caller_policy import CallerPolicy
 from pixelgate.server.limits.gpu_quota import CostModel, GpuQuota
 from pixelgate.server.limits.guards import (
@@ -55,9 +62,10 @@ from pixelgate.server.limits.guards import (
     PeerRateLimit,
 )
 from pixelgate.server.limits.redis_backend import RedisBackend
+from pixelgate.server.models.device import memory_budget
 from pixelgate.server.models.registry import ModelRegistry, engine_devices
 from pixelgate.server.models.runtime import ModelLoader, ModelRuntime, load_model
-from pixelgate.server.models.safety import PromptDenylist, output_checker
+from pixelgate.server.models.safety import output_checker
 from pixelgate.server.rpc.error_mapping import ErrorMapping
 from pixelgate.server.rpc.interception import InterceptorChain, every_method
 from pixelgate.server.security.authentication import CertificateAllowlist, TokenAuthentication
@@ -195,19 +203,6 @@ class RunningServer:
                 log.exception("a component failed to close")
 
 
-def memory_budget(settings: EngineSettings, devices: Sequence[str]) -> int | None:
-    """The per-device memory budget in bytes ("auto": 90% of the smallest GPU; none on CPU)."""
-    if settings.memory_budget_mb is None:
-        return None
-    if settings.memory_budget_mb == "auto":
-        gpus = [device for device in devices if device.startswith("cuda")]
-        if not gpus:
-            return None
-        smallest = min(torch.cuda.get_device_properties(gpu).total_memory for gpu in gpus)
-        return int(smallest * 0.9)
-    return int(settings.memory_budget_mb * MIB)
-
-
 async def start_server(
     settings: Settings, *, loader: ModelLoader | None = None, interceptors: bool = True
 ) -> RunningServer:
@@ -290,7 +285,7 @@ async def start_server(
             *connection_options(settings.connections),
         ],
     )
-    servicer = ImageServicer(
+    generations = GenerationService(
         engine,
         RequestValidator(
             registry,
@@ -307,7 +302,9 @@ async def start_server(
             max_concurrent=limits.max_concurrent_generations,
         ),
         chunk_size=settings.chunk_size,
-        stall_timeout=settings.stream_stall_timeout_seconds,
+    )
+    servicer = ImageServicer(
+        generations, registry, stall_timeout=settings.stream_stall_timeout_seconds
     )
     pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -1,3 +1,3 @@
-"""The gRPC-facing services: the ImageService servicer (protobuf to domain and back), request
-validation, reflection, image encoding.
+"""The API: the ImageService servicer (protobuf to domain and back), the generation data
+plane behind it (generation_service.py), request validation, image encoding, reflection.
 """

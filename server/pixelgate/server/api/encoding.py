@@ -8,7 +8,6 @@ and never anything about the caller or the prompt.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import io
 from collections.abc import Iterator, Mapping
@@ -16,23 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin
 
-
-class ImageFormat(enum.Enum):
-    """An output encoding: (Pillow format name, MIME type)."""
-
-    PNG = ("PNG", "image/png")
-    JPEG = ("JPEG", "image/jpeg")
-    WEBP = ("WEBP", "image/webp")
-
-    @property
-    def pillow_name(self) -> str:
-        """The name Pillow's `save` takes."""
-        return self.value[0]
-
-    @property
-    def mime_type(self) -> str:
-        """What the bytes are, for the caller."""
-        return self.value[1]
+from pixelgate.server.core.image_format import ImageFormat
 
 
 @dataclass(frozen=True)
@@ -91,4 +74,4 @@ def chunks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
         yield offset, bytes(view[offset : offset + size])
 
 
-__all__ = ["EncodedImage", "ImageFormat", "chunks", "encode_image"]
+__all__ = ["EncodedImage", "chunks", "encode_image"]

@@ -17,22 +17,15 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from pixelgate.server.api.encoding import ImageFormat
+from pixelgate.server.api.generation_ask import GenerationAsk
 from pixelgate.server.core.config import OutputSettings
 from pixelgate.server.core.errors import FieldViolation, NotFound, RequestInvalid
 from pixelgate.server.core.generation import GenerationRequest
-from pixelgate.server.models.runtime import ModelCard
-from pixelgate.v1 import image_service_pb2 as pb
+from pixelgate.server.core.model_card import ModelCard
 
 MAX_GUIDANCE_SCALE = 30.0
 MAX_QUALITY = 100
 _SEED_SPACE = 2**64
-_FORMATS = {
-    pb.OUTPUT_FORMAT_UNSPECIFIED: ImageFormat.PNG,
-    pb.OUTPUT_FORMAT_PNG: ImageFormat.PNG,
-    pb.OUTPUT_FORMAT_JPEG: ImageFormat.JPEG,
-    pb.OUTPUT_FORMAT_WEBP: ImageFormat.WEBP,
-}
 
 
 class KnownModel(Protocol):
@@ -46,7 +39,7 @@ class KnownModel(Protocol):
 
 
 class RequestValidator:
-    """Turns a GenerateImageRequest into a GenerationRequest, or raises."""
+    """Turns what a caller asked for into a GenerationRequest, or raises."""
 
     def __init__(
         self,
@@ -65,7 +58,7 @@ class RequestValidator:
         self._output = output or OutputSettings()
         self._random_seed = random_seed
 
-    def validate(self, request: pb.GenerateImageRequest) -> GenerationRequest:
+    def validate(self, request: GenerationAsk) -> GenerationRequest:
         """Checks every field; raises NotFound (unknown model) or RequestInvalid."""
         model_id = request.model or self._default_model
         model = self._models.get(model_id)
@@ -93,7 +86,7 @@ class RequestValidator:
                 FieldViolation("steps", f"steps must be from 1 to {card.max_steps} (got {steps})")
             )
         guidance = card.default_guidance_scale
-        if request.HasField("guidance_scale"):
+        if request.guidance_scale is not None:
             guidance = request.guidance_scale
             if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE_SCALE):
                 violations.append(
@@ -108,7 +101,7 @@ class RequestValidator:
                     "num_images", f"num_images must be from 1 to {self._max_images} (got {count})"
                 )
             )
-        image_format = _FORMATS.get(request.output_format)
+        image_format = request.output_format
         if image_format is None:
             violations.append(
                 FieldViolation("output_format", "output_format must be PNG, JPEG or WEBP")
@@ -135,7 +128,7 @@ class RequestValidator:
         if violations:
             raise RequestInvalid(violations)
         assert image_format is not None
-        seed = request.seed if request.HasField("seed") else self._random_seed()
+        seed = request.seed if request.seed is not None else self._random_seed()
         return GenerationRequest(
             model_id=model_id,
             prompt=prompt,

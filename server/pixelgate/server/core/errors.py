@@ -1,19 +1,34 @@
-"""Domain errors and the one table that turns them into gRPC statuses.
+"""Domain errors: what a caller is told when a call fails, free of gRPC.
 
-Pieces raise these; the error interceptor (`error_mapping.py`) is the only code
-that aborts calls. Messages are written for callers: they name the field or
-limit involved and never carry tokens, keys, prompts or exception text.
+Each error class names its status with a StatusCode (the gRPC code names and
+numbers, as plain data); the one table from StatusCode to grpc.StatusCode, and
+the only code that aborts calls, is the error interceptor (rpc/error_mapping.py).
+Messages are written for callers: they name the field or limit involved and
+never carry tokens, keys, prompts or exception text.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+
+
+class StatusCode(enum.Enum):
+    """The status a ServiceError ends its call with: gRPC's code names and numbers."""
+
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class ServiceError(Exception):
@@ -23,7 +38,7 @@ class ServiceError(Exception):
     QuotaFailure) sent as rich status; `trailers` plain trailing metadata.
     """
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    code: ClassVar[StatusCode] = StatusCode.INTERNAL
 
     def __init__(
         self,
@@ -41,7 +56,7 @@ class ServiceError(Exception):
 class InvalidArgument(ServiceError):
     """The request breaks a documented bound; the message names the field and the bound."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = StatusCode.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)
@@ -71,37 +86,37 @@ class RequestInvalid(InvalidArgument):
 class NotFound(ServiceError):
     """The request names something (a model) the server does not have."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = StatusCode.NOT_FOUND
 
 
 class Unauthenticated(ServiceError):
     """No usable credentials: the access token is missing, malformed, expired or forged."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = StatusCode.UNAUTHENTICATED
 
 
 class PermissionDenied(ServiceError):
     """The caller is known but not allowed to do this (a scope or policy is missing)."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = StatusCode.PERMISSION_DENIED
 
 
 class ResourceExhausted(ServiceError):
     """Over a quota or rate, or the work queue is full; retrying later may succeed."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ServiceError):
     """The server cannot take the call now (shutting down, a dependency is down)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = StatusCode.UNAVAILABLE
 
 
 class DeadlineExceeded(ServiceError):
     """The call's deadline would pass before the work could finish."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = StatusCode.DEADLINE_EXCEEDED
 
 
 INTERNAL_MESSAGE = "internal error"
@@ -117,6 +132,7 @@ __all__ = [
     "RequestInvalid",
     "ResourceExhausted",
     "ServiceError",
+    "StatusCode",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -1,7 +1,8 @@
 """What a generation job is and what it reports, independent of gRPC.
 
-The servicer turns protobuf into a GenerationRequest (after validation) and
-engine events back into protobuf; the engine and models see only these.
+The data plane (api/generation_service.py) validates a caller's ask into a
+GenerationRequest and turns the engine's events into its own; the engine and
+models see only these.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pixelgate.server.api.encoding import ImageFormat
+from pixelgate.server.core.image_format import ImageFormat
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ class IdentityMemo(Generic[Value]):
     """A bounded map from a tuple of objects (by identity) to a value."""
 
     def __init__(self, size: int) -> None:
+        # A plain dict, not cachetools.FIFOCache: a hit measured 300 ns here, 450 ns there.
         self._entries: dict[tuple[int, ...], tuple[tuple[object, ...], Value]] = {}
         self._size = size
 

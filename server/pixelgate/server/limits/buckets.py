@@ -1,11 +1,11 @@
 """Rate limits as token buckets, and where the buckets live.
 
-A Limit is a bucket of `capacity` units refilled at `per_second`; taking
-`cost` units either succeeds or says how long until it would. Backends hold
-the buckets: in this process (the default), or in Redis so that replicas
-share one budget (`redis_rate_limit.py`). The Limiter in front of a backend
-decides what a backend failure means: refuse (fail closed, the default) or
-let the call through (fail open).
+A Limit (core/quota.py) is a bucket of `capacity` units refilled at
+`per_second`; taking `cost` units either succeeds or says how long until it
+would. Backends hold the buckets: in this process (the default), or in Redis
+so that replicas share one budget (`redis_backend.py`, chosen by app.py).
+The Limiter in front of a backend decides what a backend failure means:
+refuse (fail closed, the default) or let the call through (fail open).
 """
 
 from __future__ import annotations
@@ -17,46 +17,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from pixelgate.server.core.errors import Unavailable
+from pixelgate.server.core.quota import Decision, Limit
 
 log = logging.getLogger("pixelgate.ratelimit")
 
 Clock = Callable[[], float]
 """Seconds, monotonic."""
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A token bucket: `capacity` units, refilled at `per_second` units a second."""
-
-    name: str
-    """Names the limit to callers ("requests", "gpu", "peer")."""
-    capacity: float
-    per_second: float
-
-    @property
-    def window_seconds(self) -> float:
-        """Time an empty bucket takes to fill: the window of `capacity` units."""
-        return self.capacity / self.per_second
-
-
-class Decision(NamedTuple):
-    """The outcome of taking from a bucket (a tuple: made on every call, so cheap)."""
-
-    allowed: bool
-    remaining: float
-    """Units left in the bucket after this decision."""
-    retry_after: float
-    """Seconds until the cost would fit (0 when allowed)."""
-    reset_after: float
-    """Seconds until the bucket is full again."""
-
-    @staticmethod
-    def unknown(limit: Limit) -> Decision:
-        """An allowed decision made without a backend (failing open)."""
-        return Decision(allowed=True, remaining=limit.capacity, retry_after=0.0, reset_after=0.0)
 
 
 class BackendUnavailable(Exception):
@@ -117,6 +86,8 @@ class MemoryBackend:
     def __init__(self, *, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
         self._max_keys = max_keys
+        # Not cachetools.LRUCache: as fast a take (1.16 vs 1.24 us), but a new key in a full
+        # store (a flood of new peers) measured 150 ns here, 570 ns there.
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -218,8 +189,6 @@ __all__ = [
     "BackendObserver",
     "BackendUnavailable",
     "Clock",
-    "Decision",
-    "Limit",
     "Limiter",
     "MemoryBackend",
     "RateLimitBackend",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pixelgate.server.core.errors import ResourceExhausted
 from pixelgate.server.core.generation import GenerationRequest
 from pixelgate.server.core.principal import Principal
-from pixelgate.server.limits.buckets import Decision, Limit, Limiter
+from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.buckets import Limiter
 from pixelgate.server.limits.quota_fields import beyond_capacity, over_limit
 
 UNIT_PIXELS = 512 * 512

@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc.aio
 
-from pixelgate.server.core.principal import current_principal
-from pixelgate.server.limits.buckets import Decision, Limit, Limiter
+from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.buckets import Limiter
 from pixelgate.server.limits.quota_fields import over_limit
-from pixelgate.server.rpc.call_record import current_record
+from pixelgate.server.rpc.call_record import current_principal, current_record
 from pixelgate.server.rpc.interception import CallGuard, MethodFilter, Pending
 
 

@@ -18,7 +18,8 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from pixelgate.server.core.errors import ResourceExhausted
-from pixelgate.server.limits.buckets import Decision, Limit, whole_seconds
+from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.buckets import whole_seconds
 
 Metadata = list[tuple[str, str]]
 

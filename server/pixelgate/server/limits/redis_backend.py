@@ -15,7 +15,8 @@ import hashlib
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from pixelgate.server.limits.buckets import BackendUnavailable, Decision, Limit
+from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.buckets import BackendUnavailable
 
 MAX_CONNECTIONS = 32
 """Connections to Redis per server process."""

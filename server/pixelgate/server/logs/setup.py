@@ -1,11 +1,12 @@
 """Process logging: records are formatted and written by a background thread.
 
-Every call writes an audit line; formatting it and writing it (a system call,
-perhaps a slow disk or pipe) must not stall the loop that serves the calls.
-The loop only hands records to a queue; one listener thread formats them
-(messages, timestamps, the audit JSON) and writes them out.
+Formatting a record and writing it (a system call, perhaps a slow disk or
+pipe) must not stall the loop that serves the calls. The loop only hands
+records to a queue; one listener thread formats them (messages, timestamps,
+tracebacks) and writes them to stderr. Audit lines do not pass through here:
+the audit writer (audit/writer.py) writes them on a thread of its own.
 
-The writing handler carries the log filters (log_filters.py), so every record
+The writing handler carries the log filters (filters.py), so every record
 that reaches it, from any logger, grpcio's included, is cleaned of credentials,
 in the listener thread, before it is formatted.
 """

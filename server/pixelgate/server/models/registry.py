@@ -23,8 +23,8 @@ import torch
 
 from pixelgate.server.core.config import ConfigError, EngineSettings, ModelSettings
 from pixelgate.server.core.errors import Unavailable
+from pixelgate.server.core.model_card import ModelCard
 from pixelgate.server.models.runtime import (
-    ModelCard,
     PromptTokenizer,
     load_tokenizer,
     resolve_source,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import torch
 from PIL import Image
@@ -24,47 +24,13 @@ from pixelgate.server.models.tiny_model import ensure_tiny_model
 
 log = logging.getLogger("pixelgate.models")
 
-StepCallback = Callable[[int, int, Any], None]
+Latents: TypeAlias = Any
+"""The latents at a step (a tensor, an entry per image); only the models package reads them."""
+
+StepCallback = Callable[[int, int, Latents | None], None]
 """Called after each denoising step with (step, total, latents or None); raising stops the run."""
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """A model's id, description and the request bounds it accepts."""
-
-    id: str
-    description: str
-    is_test_model: bool
-    min_size: int
-    max_width: int
-    max_height: int
-    default_width: int
-    default_height: int
-    default_steps: int
-    max_steps: int
-    default_guidance_scale: float
-    max_prompt_tokens: int | None
-    """Tokens the text encoder reads, special tokens excluded; None = no tokenizer bound."""
-
-    @classmethod
-    def of(cls, settings: ModelSettings, max_prompt_tokens: int | None) -> ModelCard:
-        """The card for a configured model."""
-        return cls(
-            id=settings.id,
-            description=settings.description,
-            is_test_model=settings.is_test_model,
-            min_size=settings.min_size,
-            max_width=settings.max_width,
-            max_height=settings.max_height,
-            default_width=settings.default_width,
-            default_height=settings.default_height,
-            default_steps=settings.default_steps,
-            max_steps=settings.max_steps,
-            default_guidance_scale=settings.default_guidance_scale,
-            max_prompt_tokens=max_prompt_tokens,
-        )
 
 
 @dataclass(frozen=True)
@@ -254,7 +220,7 @@ def load_tokenizer(settings: ModelSettings, cache_dir: Path) -> PromptTokenizer 
 
 __all__ = [
     "DiffusersModel",
-    "ModelCard",
+    "Latents",
     "ModelLoader",
     "ModelRuntime",
     "PipelineBatch",

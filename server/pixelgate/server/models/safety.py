@@ -1,19 +1,15 @@
-"""Content safety hooks: a prompt denylist and an output checker, both optional.
+"""The output checker (optional): an image it flags is never sent.
 
-A prompt matching the denylist never reaches the GPU; an image the output
-checker flags is never sent. Either way the caller gets FINISH_REASON_FILTERED
-for the image, with no bytes. The output checker can be diffusers' Stable
-Diffusion safety checker (CLIP-based); each worker loads its own copy onto
-its device, as it does its pipelines.
+The caller gets FINISH_REASON_FILTERED for the image, with no bytes. The
+checker can be diffusers' Stable Diffusion safety checker (CLIP-based); each
+worker loads its own copy onto its device, as it does its pipelines. (Prompts
+are screened before they reach a GPU: engine/prompt_denylist.py.)
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -21,37 +17,6 @@ import torch
 from PIL import Image
 
 log = logging.getLogger("pixelgate.safety")
-
-
-def _normalized(text: str) -> str:
-    # Compatibility forms, case and spacing cannot smuggle a phrase past the list.
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"\s+", " ", folded).strip()
-
-
-class PromptDenylist:
-    """Phrases that block a prompt: case-insensitive, whole words, spacing ignored."""
-
-    def __init__(self, phrases: Iterable[str]) -> None:
-        words = sorted({_normalized(p) for p in phrases if _normalized(p)}, key=len, reverse=True)
-        self._pattern = (
-            re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b") if words else None
-        )
-
-    @classmethod
-    def from_settings(cls, phrases: Sequence[str], path: Path | None) -> PromptDenylist:
-        """The configured phrases plus those of the file, one per line (# comments)."""
-        extra: list[str] = []
-        if path is not None:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            extra = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        return cls([*phrases, *extra])
-
-    def blocks(self, *texts: str) -> bool:
-        """True when any of `texts` holds a listed phrase."""
-        if self._pattern is None:
-            return False
-        return any(self._pattern.search(_normalized(text)) for text in texts)
 
 
 class OutputChecker(Protocol):
@@ -112,6 +77,5 @@ __all__ = [
     "DiffusersSafetyChecker",
     "NoChecker",
     "OutputChecker",
-    "PromptDenylist",
     "output_checker",
 ]

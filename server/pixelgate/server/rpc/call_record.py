@@ -1,9 +1,12 @@
-"""What one call did, collected while it runs, for the audit line and quota metadata.
+"""The per-call record: what one call did, in the call's one context variable.
 
-The audit interceptor opens a record per call; the pieces the call passes
-through add to it (the rate limits it drew on, the GPU cost charged, the
-image parameters, digests, the authenticated principal). It lives in a
-context variable: each call runs in its own task.
+The interceptor chain opens a record as each call starts
+(`InterceptorChain.intercept_service`), and nothing else sets one. The chain's
+steps, the servicer and the data plane read it with current_record() and add
+the facts they learn (the caller, the limits drawn on, the GPU cost, the image
+parameters and digests) for the audit line and the quota metadata. Each call
+runs in its own task, so each sees its own record; code that asks for one
+outside a call gets NoCallRecord, never a detached record.
 """
 
 from __future__ import annotations
@@ -11,15 +14,13 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import grpc.aio
+from pixelgate.server.core.errors import Unauthenticated
+from pixelgate.server.core.principal import Principal
+from pixelgate.server.core.quota import Decision, Limit
 
-from pixelgate.server.limits.buckets import Decision, Limit
-from pixelgate.server.limits.quota_fields import quota_metadata
-
-if TYPE_CHECKING:
-    from pixelgate.server.core.principal import Principal
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 @dataclass(slots=True)
@@ -27,7 +28,10 @@ class CallRecord:
     """One call's facts, as they become known."""
 
     method: str
-    peer: str
+    peer: str = ""
+    """The caller's address as gRPC names it (the audit wrapper notes it)."""
+    metadata: Metadata | None = field(default=None, repr=False)  # it holds the bearer token
+    """The request metadata gRPC read to find the handler; None: ask the context."""
     started: float = field(default_factory=time.perf_counter)
     duration: float = 0.0
     """Seconds the call took (set as it ends)."""
@@ -38,7 +42,7 @@ class CallRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     """Validated image parameters (no prompt)."""
     principal: Principal | None = None
-    """Who called, once authenticated (see principal.py)."""
+    """Who called, once authenticated (bind_principal)."""
     prompt_sha256: str | None = None
     image_sha256s: list[str] = field(default_factory=list)
     initial_metadata_sent: bool = False
@@ -46,55 +50,47 @@ class CallRecord:
     """Why the call ended, where its status alone does not say (e.g. "stalled_reader")."""
 
 
-_current: ContextVar[CallRecord | None] = ContextVar("pixelgate_call_record", default=None)
+class NoCallRecord(RuntimeError):
+    """Code that belongs to a call asked for its record outside one (a bug)."""
 
 
-def open_record(method: str, peer: str) -> CallRecord:
-    """Starts the current call's record."""
-    record = CallRecord(method=method, peer=peer)
+_current: ContextVar[CallRecord] = ContextVar("pixelgate_call_record")
+
+
+def open_record(method: str, metadata: Metadata | None) -> CallRecord:
+    """Starts the current call's record: the interceptor chain's to call, once per call."""
+    record = CallRecord(method=method, metadata=metadata)
     _current.set(record)
     return record
 
 
 def current_record() -> CallRecord:
-    """The current call's record (a detached one outside any call, e.g. in unit tests)."""
-    record = _current.get()
-    if record is None:
-        record = CallRecord(method="", peer="")
-        _current.set(record)
-    return record
+    """The current call's record; NoCallRecord outside a call."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise NoCallRecord("no call record: this runs only inside a call") from None
 
 
-async def send_quota_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Sends the remaining quota as initial metadata, once, before the first response.
-
-    For a server stream: the caller learns its quota before the first event.
-    """
-    record = current_record()
-    if record.initial_metadata_sent:
-        return
-    record.initial_metadata_sent = True
-    metadata = quota_metadata(record.quota)
-    if metadata:
-        await context.send_initial_metadata(metadata)
+def bind_principal(principal: Principal) -> None:
+    """Makes `principal` the current call's caller."""
+    current_record().principal = principal
 
 
-def set_quota_trailers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Puts the remaining quota in the trailing metadata of a unary call.
-
-    A unary response's headers, message and trailers reach the caller together;
-    custom initial metadata would cost grpcio a batch and a write of its own
-    (measured: about 8% of a trivial call's throughput).
-    """
-    metadata = quota_metadata(current_record().quota)
-    if metadata:
-        context.set_trailing_metadata(metadata)
+def current_principal() -> Principal:
+    """The current call's caller; fails closed when nothing authenticated it."""
+    principal = current_record().principal
+    if principal is None:
+        raise Unauthenticated("missing bearer access token")
+    return principal
 
 
 __all__ = [
     "CallRecord",
+    "Metadata",
+    "NoCallRecord",
+    "bind_principal",
+    "current_principal",
     "current_record",
     "open_record",
-    "send_quota_metadata",
-    "set_quota_trailers",
 ]

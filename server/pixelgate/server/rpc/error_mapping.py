@@ -1,6 +1,7 @@
 """Turns exceptions into statuses, in one place.
 
-A ServiceError becomes its own status and message, with its error details
+A ServiceError becomes its own status (STATUSES: core's StatusCode to gRPC's)
+and message, with its error details
 packed as a google.rpc.Status in `grpc-status-details-bin` (what grpcio-status
 and every other gRPC library read); anything unexpected is logged with its
 traceback and becomes INTERNAL "internal error", so no exception text, path or
@@ -16,10 +17,15 @@ import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from pixelgate.server.core.errors import INTERNAL_MESSAGE, ServiceError
+from pixelgate.server.core.errors import INTERNAL_MESSAGE, ServiceError, StatusCode
 from pixelgate.server.rpc.interception import CallWrapper, Pending
 
 log = logging.getLogger("pixelgate.errors")
+
+STATUSES: dict[StatusCode, grpc.StatusCode] = {
+    code: grpc.StatusCode[code.name] for code in StatusCode
+}
+"""The gRPC status of each domain status code (same names, same numbers)."""
 
 
 class ErrorMapping(CallWrapper):
@@ -35,7 +41,9 @@ class ErrorMapping(CallWrapper):
         if error is None or isinstance(error, grpc.aio.AbortError):
             return None  # succeeded, or already carries its status
         if isinstance(error, ServiceError):
-            return context.abort(error.code, error.message, trailing_metadata=_trailers(error))
+            return context.abort(
+                STATUSES[error.code], error.message, trailing_metadata=_trailers(error)
+            )
         if isinstance(error, Exception):
             log.error("unexpected failure in %s", method, exc_info=error)
             return context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
@@ -45,7 +53,7 @@ class ErrorMapping(CallWrapper):
 def _trailers(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
     if not error.details:
         return error.trailers
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status = status_pb2.Status(code=error.code.value, message=error.message)
     for detail in error.details:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -53,4 +61,4 @@ def _trailers(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
     return (*error.trailers, ("grpc-status-details-bin", status.SerializeToString()))
 
 
-__all__ = ["ErrorMapping"]
+__all__ = ["STATUSES", "ErrorMapping"]

@@ -5,6 +5,7 @@ The chain rebuilds each method handler with the same request/response shape
 through it and a guard can refuse a call before the handler's first message.
 A step is a CallWrapper (runs around the whole call and sees how it ends) or
 a CallGuard (admits or refuses before the handler); each overrides one method.
+The chain opens each call's record (call_record.py) as the call starts.
 
 grpcio hands the chain raw request bytes: they are parsed only once the guards
 have admitted the call (`request_parsing.py`), so a body that does not parse
@@ -19,18 +20,16 @@ import abc
 import contextlib
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from pixelgate.server.rpc.call_record import Metadata, NoCallRecord, current_record, open_record
 from pixelgate.server.rpc.request_parsing import request_reader
 
 MethodFilter = Callable[[str], bool]
 """Says, from the full method name (`/package.Service/Method`), whether a piece applies."""
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 Pending = Awaitable[None] | None
 """What a step returns: None when it has decided at once, or something to await
@@ -42,18 +41,17 @@ def every_method(method: str) -> bool:
     return True
 
 
-_request_metadata: ContextVar[Metadata | None] = ContextVar(
-    "pixelgate_request_metadata", default=None
-)
-
-
 def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
     """The call's request metadata, as gRPC read it to find the handler.
 
-    gRPC hands it to the interceptor anyway, and each call runs in a task of
-    its own: reusing it saves building the tuple again on every call.
+    gRPC hands it to the interceptor anyway, which keeps it in the call's
+    record: reusing it saves building the tuple again on every call. With no
+    chain in front of the handler (unit tests), the context's.
     """
-    metadata = _request_metadata.get()
+    try:
+        metadata = current_record().metadata
+    except NoCallRecord:
+        metadata = None
     if metadata is None:
         return tuple(context.invocation_metadata() or ())
     return metadata
@@ -248,8 +246,10 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
         if handler is None:
             return handler  # type: ignore[return-value]
-        _request_metadata.set(handler_call_details.invocation_metadata)
         method: str = handler_call_details.method
+        # The call's one record, set here and nowhere else: every step and the
+        # handler run in this task after it.
+        open_record(method, handler_call_details.invocation_metadata)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]

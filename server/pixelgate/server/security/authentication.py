@@ -16,7 +16,8 @@ import grpc.aio
 
 from pixelgate.server.core.errors import Unauthenticated
 from pixelgate.server.core.identity_memo import IdentityMemo
-from pixelgate.server.core.principal import Principal, bind_principal
+from pixelgate.server.core.principal import Principal
+from pixelgate.server.rpc.call_record import bind_principal
 from pixelgate.server.rpc.interception import CallGuard, MethodFilter, Pending, request_metadata
 from pixelgate.server.security.client_identity import (
     BindingPolicy,
@@ -24,6 +25,19 @@ from pixelgate.server.security.client_identity import (
     client_certificate,
 )
 from pixelgate.server.security.token_verifier import TokenVerifier, VerifiedToken
+
+
+def principal_of(token: VerifiedToken, certificate: ClientCertificate | None) -> Principal:
+    """The principal a verified token presented over `certificate` speaks for."""
+    return Principal(
+        issuer=token.issuer,
+        subject=token.subject,
+        scopes=token.scopes,
+        client_id=token.client_id,
+        token_id=token.token_id,
+        certificate_identity=certificate.identity if certificate else None,
+        claims=token.claims,
+    )
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -88,8 +102,8 @@ class TokenAuthentication(CallGuard):
         self._binding.check(token, certificate)
         bind_principal(
             self._principals.get((token, certificate))
-            or self._principals.remember((token, certificate), Principal.of(token, certificate))
+            or self._principals.remember((token, certificate), principal_of(token, certificate))
         )
 
 
-__all__ = ["CertificateAllowlist", "TokenAuthentication", "bearer_token"]
+__all__ = ["CertificateAllowlist", "TokenAuthentication", "bearer_token", "principal_of"]

@@ -16,7 +16,8 @@ import grpc.aio
 from google.protobuf.descriptor import ServiceDescriptor
 
 from pixelgate.server.core.errors import PermissionDenied
-from pixelgate.server.core.principal import Principal, current_principal
+from pixelgate.server.core.principal import Principal
+from pixelgate.server.rpc.call_record import current_principal
 from pixelgate.server.rpc.interception import CallGuard, MethodFilter
 from pixelgate.v1 import access_pb2
 

@@ -22,13 +22,14 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from pixelgate.server.core.config import IssuerSettings, check_fetch_url
 from pixelgate.server.security.token_keys import (
+    KeySource,
     UnusableKeyError,
     VerificationKey,
     keys_from_jwks,
@@ -45,26 +46,6 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 
 RETRY_WHILE_EMPTY_SECONDS = 10.0
 """How soon a source with no keys at all tries again."""
-
-
-class KeySource(Protocol):
-    """An issuer's current verification keys, by `kid`."""
-
-    def keys(self) -> Mapping[str, VerificationKey]:
-        """The keys to verify with now."""
-        ...
-
-    async def refresh_for_unknown_kid(self) -> bool:
-        """Fetches again if allowed now; True when a fetch happened."""
-        ...
-
-    async def start(self) -> None:
-        """Loads the first keys and starts any background refresh."""
-        ...
-
-    async def aclose(self) -> None:
-        """Stops background work."""
-        ...
 
 
 class StaticKeys:
@@ -283,4 +264,4 @@ def key_source(settings: IssuerSettings) -> KeySource:
     return StaticKeys.from_settings(settings)
 
 
-__all__ = ["KeySource", "RemoteJwks", "StaticKeys", "key_source", "metadata_urls"]
+__all__ = ["RemoteJwks", "StaticKeys", "key_source", "metadata_urls"]

@@ -4,6 +4,8 @@ Each key is paired with the algorithms its type can verify, intersected with
 the issuer's allowlist, so a token's `alg` header can never pick an algorithm
 the key was not meant for (HS256 with a public key as the secret, say).
 Symmetric keys come only from a configured secret file, never from a JWKS.
+A KeySource is what the verifier asks for an issuer's current keys; the
+concrete sources (files, a fetched JWKS) are in key_sources.py, chosen by app.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -98,6 +100,26 @@ class VerificationKey:
     key: PublicKey | bytes
     """A public key, or the shared secret of an HS256 issuer."""
     algorithms: frozenset[str]
+
+
+class KeySource(Protocol):
+    """An issuer's current verification keys, by `kid`."""
+
+    def keys(self) -> Mapping[str, VerificationKey]:
+        """The keys to verify with now."""
+        ...
+
+    async def refresh_for_unknown_kid(self) -> bool:
+        """Fetches again if allowed now; True when a fetch happened."""
+        ...
+
+    async def start(self) -> None:
+        """Loads the first keys and starts any background refresh."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stops background work."""
+        ...
 
 
 def verification_key(key: PublicKey, allowed_algorithms: Collection[str]) -> VerificationKey:
@@ -209,6 +231,7 @@ def load_jwks_file(path: Path, allowed_algorithms: Collection[str]) -> dict[str,
 __all__ = [
     "MIN_HMAC_SECRET_BYTES",
     "PUBLIC_KEY_ALGORITHMS",
+    "KeySource",
     "PublicKey",
     "UnusableKeyError",
     "VerificationKey",

@@ -1,10 +1,4 @@
-"""Audit: one structured JSON line per call, so usage and abuse can be seen.
-
-Each line says when, who (issuer, subject, client_id, certificate identity),
-what (method, image parameters), with which outcome (status, GPU cost
-charged, duration) and the SHA-256 of the prompt and of each image, so an
-investigation can match content without the log ever holding a prompt, an
-image, a token or a key.
+"""Where audit lines go: a file or a standard stream, written by a thread of its own.
 
 The lines bypass the process log, so no log level silences them: they go to
 stderr by default (beside the log lines) or to a file that holds audit lines
@@ -13,9 +7,6 @@ only, one JSON object per line.
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import json
 import logging
 import os
 import queue
@@ -24,86 +15,13 @@ import threading
 import time
 from typing import Any
 
-import grpc
-import grpc.aio
-
+from pixelgate.server.audit.lines import AuditLines
 from pixelgate.server.core.config import ConfigError
-from pixelgate.server.core.identity_memo import IdentityMemo
 from pixelgate.server.core.principal import Principal
-from pixelgate.server.rpc.call_record import CallRecord, open_record
-from pixelgate.server.rpc.interception import CallWrapper
+from pixelgate.server.rpc.call_record import CallRecord
 
 log = logging.getLogger("pixelgate.audit")
 """Reports trouble writing the audit lines (never the lines themselves)."""
-
-
-@functools.lru_cache(maxsize=4096)
-def _json_text(value: str | None) -> str:
-    # Methods, statuses and peers repeat from call to call: escape each once.
-    return json.dumps(value)
-
-
-class AuditLines:
-    """Renders finished calls as audit lines: one JSON object per line.
-
-    Fields: time (UTC, milliseconds), event, method, status, duration_ms, peer,
-    principal (iss, sub, client_id, certificate), gpu_cost, request (the
-    validated image parameters), prompt_sha256, image_sha256; and reason, only
-    where the status alone does not say why the call ended ("stalled_reader":
-    CANCELLED because its reader stopped reading). What repeats from call to
-    call (a caller's principal, the current second) is rendered once: this
-    runs for every call.
-    """
-
-    def __init__(self, principal_cache_size: int = 1024) -> None:
-        self._second = -1
-        self._second_text = ""
-        self._principals: IdentityMemo[str] = IdentityMemo(principal_cache_size)
-
-    def line(
-        self, record: CallRecord, status: str, principal: Principal | None, ended: float
-    ) -> bytes:
-        """The line for one call that ended at `ended` (time.time())."""
-        return (
-            f'{{"time":"{self._time(ended)}","event":"call",'
-            f'"method":{_json_text(record.method)},"status":{_json_text(status)},'
-            f'"duration_ms":{round(record.duration * 1000, 1)!r},'
-            f'"peer":{_json_text(record.peer)},"principal":{self._principal(principal)},'
-            f'"gpu_cost":{round(record.cost_charged, 3)!r},'
-            f'"request":{json.dumps(record.parameters or None)},'
-            f'"prompt_sha256":{_json_text(record.prompt_sha256)},'
-            f'"image_sha256":{json.dumps(record.image_sha256s)}'
-            f"{_reason(record.reason)}}}\n"
-        ).encode()
-
-    def _time(self, ended: float) -> str:
-        second = int(ended)
-        if second != self._second:
-            self._second = second
-            self._second_text = dt.datetime.fromtimestamp(second, dt.UTC).strftime(
-                "%Y-%m-%dT%H:%M:%S"
-            )
-        return f"{self._second_text}.{int((ended - second) * 1000):03d}+00:00"
-
-    def _principal(self, principal: Principal | None) -> str:
-        if principal is None:
-            return "null"
-        known = self._principals.get((principal,))
-        if known is not None:
-            return known
-        text = json.dumps(
-            {
-                "iss": principal.issuer,
-                "sub": principal.subject,
-                "client_id": principal.client_id,
-                "certificate": principal.certificate_identity,
-            }
-        )
-        return self._principals.remember((principal,), text)
-
-
-def _reason(reason: str | None) -> str:
-    return "" if reason is None else f',"reason":{_json_text(reason)}'
 
 
 PIPE_ATOMIC_BYTES = 4096
@@ -247,33 +165,10 @@ class AuditWriter:
             self._failing = self._torn = True
 
 
-class AuditLog(CallWrapper):
-    """Audits every call it wraps (outermost, to see the final status)."""
-
-    def __init__(self, writer: AuditWriter) -> None:
-        self._writer = writer
-
-    def enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> CallRecord:
-        return open_record(method, context.peer())
-
-    def exit(
-        self,
-        state: CallRecord,
-        method: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        error: BaseException | None,
-    ) -> None:
-        state.duration = time.perf_counter() - state.started
-        if error is None:
-            status = "OK"
-        elif isinstance(error, grpc.aio.AbortError):
-            code = context.code()
-            status = code.name if code is not None else "UNKNOWN"
-        elif isinstance(error, Exception):
-            status = "UNKNOWN"
-        else:
-            status = "CANCELLED"  # the caller went away
-        self._writer.submit(state, status, state.principal)
-
-
-__all__ = ["AuditLines", "AuditLog", "AuditWriter", "open_audit_destination", "write_lines"]
+__all__ = [
+    "MAX_QUEUED_CALLS",
+    "PIPE_ATOMIC_BYTES",
+    "AuditWriter",
+    "open_audit_destination",
+    "write_lines",
+]
