@@ -13,6 +13,7 @@ from pathlib import Path
 from pixelgate.server.app import start_server
 from pixelgate.server.core.config import ConfigError, Settings, load_settings
 from pixelgate.server.logs.setup import configure_logging
+from pixelgate.server.models.library_logs import route_library_logs
 from pixelgate.server.models.registry import engine_devices
 from pixelgate.server.models.runtime import load_model
 from pixelgate.server.security.tls import TlsConfigError
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if interval:
         sys.setswitchinterval(float(interval))
     configure_logging(args.log_level)
+    route_library_logs()
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
         if args.prepare_model:

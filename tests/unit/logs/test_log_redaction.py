@@ -329,3 +329,40 @@ def test_grpcio_s_own_execute_batch_error_from_a_stalled_reader_is_demoted(
     assert "Traceback" not in text
     assert " ERROR " not in text
     assert f"INFO {GRPC_CORE_LOGGER}: call /test.Stalled/Flood ended while a send" in text
+
+
+@pytest.fixture
+def library_logs_routed() -> Iterator[None]:
+    """diffusers and transformers log through the process log for this test, then as before."""
+    from pixelgate.server.models.library_logs import restore_library_logs, route_library_logs
+
+    route_library_logs()
+    yield
+    restore_library_logs()
+
+
+def test_model_libraries_log_through_the_process_log_redacted(
+    process_log, library_logs_routed, token
+):
+    """A transformers or diffusers warning is written by the process log, token redacted."""
+    written = process_log()
+    logging.getLogger("transformers.models.clip").warning("loading with %s", token)
+    logging.getLogger("diffusers.pipelines").warning("diffusers says hello")
+    text = written()
+    assert "transformers.models.clip: loading with [REDACTED]" in text
+    assert "diffusers.pipelines: diffusers says hello" in text
+    _assert_no_part_of(token, text)
+
+
+def test_the_torchvision_fallback_notice_is_not_start_up_noise(process_log, library_logs_routed):
+    """transformers' notice that it uses PIL is dropped at INFO; its other warnings stay."""
+    written = process_log()
+    log = logging.getLogger("transformers.utils.import_utils")
+    log.warning(
+        "`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+        "`CLIPImageProcessorPil` for backward compatibility."
+    )
+    log.warning("a real warning")
+    text = written()
+    assert "torchvision" not in text
+    assert "a real warning" in text

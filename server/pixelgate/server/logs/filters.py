@@ -147,18 +147,38 @@ def _not_utf8(record: logging.LogRecord) -> str:
     )
 
 
-_EXPECTED_EVENTS: dict[str, tuple[int, Callable[[logging.LogRecord], str]]] = {
-    "ExecuteBatchError raised in core": (logging.INFO, _peer_went_away),
-    "Invalid encoding on ": (logging.WARNING, _not_utf8),
-}
-"""grpcio message prefix -> the level and the one line it becomes."""
+def _pil_fallback(record: logging.LogRecord) -> str:
+    return "transformers: image processors use their PIL backend (torchvision is not installed)"
+
+
+_EXPECTED_EVENTS: tuple[
+    tuple[str, re.Pattern[str], int, Callable[[logging.LogRecord], str]], ...
+] = (
+    (
+        GRPC_CORE_LOGGER,
+        re.compile("^ExecuteBatchError raised in core"),
+        logging.INFO,
+        _peer_went_away,
+    ),
+    (GRPC_CORE_LOGGER, re.compile("^Invalid encoding on "), logging.WARNING, _not_utf8),
+    # PIL is the backend pixelgate wants (a torchvision build must match torch's exactly).
+    (
+        "transformers.",
+        re.compile(r"requires torchvision \(not installed\)"),
+        logging.DEBUG,
+        _pil_fallback,
+    ),
+)
+"""(logger name prefix, message pattern) -> the level and the one line a record becomes."""
 
 
 class ExpectedEventDemoter(logging.Filter):
-    """Turns grpcio's tracebacks for expected events into one line at a calmer level.
+    """Turns library records of expected events into one line at a calmer level.
 
     A stream cancelled while its send waits on a stalled reader, and a client that sends
-    a metadata value that is not UTF-8, are events of a working server, not crashes.
+    a metadata value that is not UTF-8, are events of a working server, not crashes
+    (grpcio logs each at ERROR with a traceback); transformers' notice that it uses PIL
+    is start-up noise.
     A record demoted below `threshold` (the configured log level) is dropped.
     """
 
@@ -167,15 +187,16 @@ class ExpectedEventDemoter(logging.Filter):
         self._threshold = threshold
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrites a known grpcio record in place; keeps every other record as it is."""
-        if record.name != GRPC_CORE_LOGGER or not isinstance(record.msg, str):
+        """Rewrites a known expected record in place; keeps every other record as it is."""
+        if not isinstance(record.msg, str):
             return True
-        for prefix, (level, line) in _EXPECTED_EVENTS.items():
-            if record.msg.startswith(prefix):
-                record.msg, record.args = line(record), None
-                record.levelno, record.levelname = level, logging.getLevelName(level)
-                record.exc_info, record.exc_text, record.stack_info = None, None, None
-                return level >= self._threshold
+        for logger, pattern, level, line in _EXPECTED_EVENTS:
+            if not (record.name.startswith(logger) and pattern.search(record.msg)):
+                continue
+            record.msg, record.args = line(record), None
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            return level >= self._threshold
         return True
 
 
