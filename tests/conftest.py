@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
+from processes import RedisServer
 from support import (
     EventLoopThread,
-    RedisServer,
     ServerUnderTest,
     copying_loader,
     settings_for,

@@ -11,24 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
+from processes import merge, server_settings
+
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.server.app import RunningServer, start_server
 from pixelgate.server.core.config import Settings, load_settings
+from pixelgate.server.core.generation import GenerationRequest
+from pixelgate.server.core.image_format import ImageFormat
 from pixelgate.server.engine.worker import WARMUP_PROMPT
 from pixelgate.server.models.runtime import ModelLoader, ModelRuntime
 
 T = TypeVar("T")
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Settings:
@@ -36,23 +29,7 @@ def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Setting
 
     Overrides merge into sections: `rate_limit={"burst": 2}` keeps the other limits.
     """
-    base: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "tls": {
-            "cert_file": pki.server_cert,
-            "key_file": pki.server_key,
-            "client_ca_file": pki.ca_cert,
-        },
-        "auth": {
-            "issuers": [
-                {
-                    "issuer": DEV_ISSUER,
-                    "audiences": [DEV_AUDIENCE],
-                    "public_key_files": [pki.verification_key],
-                }
-            ]
-        },
+    generous: dict[str, Any] = {
         "rate_limit": {
             "requests_per_minute": 60000,
             "burst": 10000,
@@ -64,7 +41,24 @@ def settings_for(pki: DevPkiFiles, cache_dir: Path, **overrides: Any) -> Setting
         },
         "cache_dir": cache_dir,
     }
-    return load_settings(None, **_merge(base, overrides))
+    return load_settings(None, **server_settings(pki, **merge(generous, overrides)))
+
+
+def generation_request(
+    width: int = 512, height: int = 512, steps: int = 1, images: int = 1, model: str = "sd"
+) -> GenerationRequest:
+    """A valid request, with what limits look at chosen: size, steps, images (seeds), model."""
+    return GenerationRequest(
+        model_id=model,
+        prompt="a lighthouse",
+        negative_prompt="",
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=7.5,
+        seeds=tuple(range(images)),
+        output_format=ImageFormat.PNG,
+    )
 
 
 class EventLoopThread:
@@ -130,74 +124,6 @@ def start(settings: Settings, loader: ModelLoader, loop: EventLoopThread) -> Ser
     """Starts a server for `settings` on `loop`, its models from `loader`."""
     running = loop.run(start_server(settings, loader=loader))
     return ServerUnderTest(running=running, settings=settings, loop=loop)
-
-
-class RedisServer:
-    """A real redis-server (Debian's) on a free loopback port, in a scratch directory."""
-
-    def __init__(self, directory: Path) -> None:
-        import shutil
-        import socket
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._binary = binary
-        self._directory = directory
-        self.start()
-
-    def start(self) -> None:
-        """Starts the server on its port (again, after stop()); returns once it answers."""
-        import subprocess
-        import time
-
-        self._process = subprocess.Popen(
-            [
-                self._binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            if time.monotonic() > deadline or self._process.poll() is not None:
-                self.stop()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def ping(self) -> bool:
-        """True when the server answers."""
-        import redis
-
-        try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def flush(self) -> None:
-        """Empties the database between tests."""
-        import redis
-
-        redis.Redis.from_url(self.url).flushall()
-
-    def stop(self) -> None:
-        """Stops the server."""
-        self._process.terminate()
-        self._process.wait(10)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import RedisServer, wait_for
+from processes import RedisServer
+from support import wait_for
 
 from pixelgate.client import Unavailable
 from pixelgate.server.app import SERVICE_NAME

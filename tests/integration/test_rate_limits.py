@@ -10,7 +10,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from support import RedisServer, wait_for
+from processes import RedisServer
+from support import wait_for
 
 from pixelgate.client import (
     PixelgateClient,

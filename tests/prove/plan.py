@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processes import server_settings
 from pydantic import BaseModel
 
-from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.server.core.config import Settings
 
 from .fleet import Fleet, ServerProcess
@@ -115,26 +115,7 @@ def server_configs(
 ) -> dict[str, dict[str, Any]]:
     """Settings of each server in `names`: main (generous limits), limited (a small
     in-memory burst), replica-0..2 (the same burst in one Redis)."""
-    pki = ids.pki
-    base: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "shutdown_grace_seconds": GRACE_S,
-        "tls": {
-            "cert_file": pki.server_cert,
-            "key_file": pki.server_key,
-            "client_ca_file": pki.ca_cert,
-        },
-        "auth": {
-            "issuers": [
-                {
-                    "issuer": DEV_ISSUER,
-                    "audiences": [DEV_AUDIENCE],
-                    "public_key_files": [pki.verification_key],
-                }
-            ]
-        },
-    }
+    base = server_settings(ids.pki, shutdown_grace_seconds=GRACE_S)
     main = {
         **base,
         "rate_limit": _generous_limits(),

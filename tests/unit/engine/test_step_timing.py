@@ -34,6 +34,16 @@ def _timed_call(
     return call
 
 
+def _estimate(shape: Shape, *measured: tuple[Shape, CallTime]) -> CallTime:
+    """The estimate for `shape` once a timer has observed each (shape, call time) measured."""
+    timer = StepTimer()
+    for seen, took in measured:
+        timer.observe(seen, took)
+    estimate = timer.estimate(shape)
+    assert estimate is not None
+    return estimate
+
+
 def test_a_calls_fixed_cost_is_measured_apart_from_its_step_time() -> None:
     """Text encoding before the first step and decoding after the last are not step time."""
     clock = FakeClock()
@@ -82,73 +92,59 @@ def test_no_measurement_of_a_model_means_no_estimate() -> None:
 
 def test_new_measurements_move_the_estimate_gradually() -> None:
     """One slow call shifts the estimate toward it without replacing the history."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.1, per_step=0.01))
-    timer.observe(ONE, CallTime(overhead=0.5, per_step=0.05))
-
-    estimate = timer.estimate(ONE)
-    assert estimate is not None
+    estimate = _estimate(
+        ONE,
+        (ONE, CallTime(overhead=0.1, per_step=0.01)),
+        (ONE, CallTime(overhead=0.5, per_step=0.05)),
+    )
     assert 0.1 < estimate.overhead < 0.5
     assert 0.01 < estimate.per_step < 0.05
 
 
 def test_a_bigger_batch_is_estimated_from_how_a_step_grew_from_one_image_to_two() -> None:
     """Four images per step cost what the 1 -> 2 image growth says, not four times one image."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.30, per_step=0.006))
-    timer.observe(TWO, CallTime(overhead=0.32, per_step=0.0065))
-
-    four = timer.estimate(FOUR)
-
-    assert four is not None
+    four = _estimate(
+        FOUR,
+        (ONE, CallTime(overhead=0.30, per_step=0.006)),
+        (TWO, CallTime(overhead=0.32, per_step=0.0065)),
+    )
     assert four.per_step == pytest.approx(0.0075)
     assert four.overhead == pytest.approx(0.36)
 
 
 def test_a_shape_between_two_measured_ones_is_interpolated() -> None:
     """Two images between measured one- and four-image calls lie on the line between them."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.1, per_step=0.010))
-    timer.observe(FOUR, CallTime(overhead=0.4, per_step=0.016))
-
-    two = timer.estimate(TWO)
-
-    assert two is not None
+    two = _estimate(
+        TWO,
+        (ONE, CallTime(overhead=0.1, per_step=0.010)),
+        (FOUR, CallTime(overhead=0.4, per_step=0.016)),
+    )
     assert two.per_step == pytest.approx(0.012)
     assert two.overhead == pytest.approx(0.2)
 
 
 def test_a_lone_measurement_scales_with_pixels() -> None:
     """With one measured shape, a 4x bigger image is estimated at 4x its cost (as before)."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.1, per_step=0.01))
-
-    big = timer.estimate(Shape("tiny", 128, 128, 1))
-
-    assert big is not None
+    big = _estimate(Shape("tiny", 128, 128, 1), (ONE, CallTime(overhead=0.1, per_step=0.01)))
     assert big.per_step == pytest.approx(0.04)
     assert big.overhead == pytest.approx(0.4)
 
 
 def test_noisy_measurements_never_make_a_bigger_call_cheaper() -> None:
     """If two images measured faster than one, four are estimated no cheaper than two."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.1, per_step=0.012))
-    timer.observe(TWO, CallTime(overhead=0.1, per_step=0.010))
-
-    four = timer.estimate(FOUR)
-
-    assert four is not None
+    four = _estimate(
+        FOUR,
+        (ONE, CallTime(overhead=0.1, per_step=0.012)),
+        (TWO, CallTime(overhead=0.1, per_step=0.010)),
+    )
     assert four.per_step == pytest.approx(0.010)
 
 
 def test_a_steep_pair_of_measurements_extrapolates_no_worse_than_proportionally() -> None:
     """Beyond the measured shapes, cost grows at most in proportion to the pixels."""
-    timer = StepTimer()
-    timer.observe(ONE, CallTime(overhead=0.1, per_step=0.01))
-    timer.observe(TWO, CallTime(overhead=0.2, per_step=0.05))
-
-    four = timer.estimate(FOUR)
-
-    assert four is not None
+    four = _estimate(
+        FOUR,
+        (ONE, CallTime(overhead=0.1, per_step=0.01)),
+        (TWO, CallTime(overhead=0.2, per_step=0.05)),
+    )
     assert four.per_step == pytest.approx(0.05 * 2)

@@ -11,11 +11,11 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from support import generation_request as request
 
 from pixelgate.server.core.config import CallerMatch, CallerRule, ConfigError
 from pixelgate.server.core.errors import PermissionDenied
 from pixelgate.server.core.generation import GenerationRequest
-from pixelgate.server.core.image_format import ImageFormat
 from pixelgate.server.core.principal import Principal
 from pixelgate.server.limits.caller_policy import CallerPolicy
 
@@ -32,26 +32,6 @@ def caller(
         scopes=frozenset(scopes),
         client_id=client_id,
         claims=MappingProxyType(claims),
-    )
-
-
-def request(
-    width: int = 512,
-    height: int = 512,
-    steps: int = 20,
-    images: int = 1,
-    model: str = "sd",
-) -> GenerationRequest:
-    return GenerationRequest(
-        model_id=model,
-        prompt="a lighthouse",
-        negative_prompt="",
-        width=width,
-        height=height,
-        steps=steps,
-        guidance_scale=7.5,
-        seeds=tuple(range(images)),
-        output_format=ImageFormat.PNG,
     )
 
 

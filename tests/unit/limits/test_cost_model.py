@@ -7,26 +7,10 @@ a model the table does not name costs factor 1.
 from __future__ import annotations
 
 import pytest
+from support import generation_request as request
 
 from pixelgate.server.core.generation import GenerationRequest
-from pixelgate.server.core.image_format import ImageFormat
 from pixelgate.server.limits.gpu_quota import UNIT_PIXELS, CostModel
-
-
-def request(
-    width: int = 512, height: int = 512, steps: int = 1, images: int = 1, model: str = "sd"
-) -> GenerationRequest:
-    return GenerationRequest(
-        model_id=model,
-        prompt="a lighthouse",
-        negative_prompt="",
-        width=width,
-        height=height,
-        steps=steps,
-        guidance_scale=7.5,
-        seeds=tuple(range(images)),
-        output_format=ImageFormat.PNG,
-    )
 
 
 def test_one_unit_is_one_512_square_step() -> None:
