@@ -386,6 +386,50 @@ def test_a_job_retried_after_running_out_of_memory_counts_once_and_never_steps_b
     assert stats.jobs_failed == 0
 
 
+def test_a_batch_size_that_ran_out_of_memory_is_not_gathered_again(start_server, connect, mint):
+    """A cuBLAS allocation failure in a batch of three is out of memory: its callers still get
+    their images, and three more such jobs run in smaller batches instead of failing again."""
+
+    def fail(batch: Any) -> None:
+        if len(batch.seeds) >= 3:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
+
+    fake = FakeRuntime(fail=fail)
+    server = start_server(loader=lambda settings, device: fake, engine={"warmup": False})
+    stats = server.running.engine.stats
+    busy, *callers = _callers(server, connect, mint, 4)
+
+    def three_jobs_behind_a_blocker(seeds: tuple[int, ...]) -> list[list[Any]]:
+        fake.gate.clear()
+        try:
+            blocker = busy.stream("occupies the worker", steps=1, seed=1, width=128)
+            next(blocker)
+            wait_for(lambda: fake.calls and fake.calls[-1] == (1,), what="the blocker started")
+            streams = [
+                client.stream("a fox", steps=2, seed=seed)
+                for client, seed in zip(callers, seeds, strict=True)
+            ]
+            for stream in streams:
+                next(stream)
+            _wait_until_queued(server.running.engine, 3)
+        finally:
+            fake.gate.set()
+        return _drain([blocker, *streams])[1:]
+
+    first = three_jobs_behind_a_blocker((7, 8, 9))
+    calls_before = len(fake.calls)
+    second = three_jobs_behind_a_blocker((10, 11, 12))
+
+    assert sorted(fake.calls[2:calls_before]) == [(7,), (8,), (9,)]  # after the failed three
+    later = fake.calls[calls_before + 1 :]
+    assert all(len(call) < 3 for call in later)
+    assert sorted(seed for call in later for seed in call) == [10, 11, 12]
+    for events, seed in zip([*first, *second], (7, 8, 9, 10, 11, 12), strict=True):
+        [image] = _images(events)
+        assert image.seed == seed
+    assert stats.jobs_failed == 0
+
+
 def test_out_of_memory_fails_only_the_request_that_caused_it(start_server, connect):
     """A request too big for the device is RESOURCE_EXHAUSTED; the next request still works."""
 

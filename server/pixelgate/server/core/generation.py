@@ -36,9 +36,19 @@ class GenerationRequest:
     """Send a preview every this many steps; 0 = none."""
 
     @property
-    def batch_key(self) -> tuple[str, int, int, int, float]:
+    def batch_key(self) -> tuple[str, int, int, int, float, bool]:
         """Jobs with equal keys can share one pipeline call."""
-        return (self.model_id, self.width, self.height, self.steps, self.guidance_scale)
+        # SDXL conditions on zeros for an empty negative prompt when the whole call
+        # has none, but on the encoded "" when another image in it has one: mixing
+        # the two would change a job's image with its batch-mates.
+        return (
+            self.model_id,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.negative_prompt == "",
+        )
 
 
 @dataclass(frozen=True)

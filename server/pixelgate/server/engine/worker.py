@@ -4,7 +4,10 @@ It loads (and warms up) the models it hosts, takes batches of compatible jobs
 from the fair queue and runs each as one pipeline call with a generator per
 image, reports progress from the step callback, checks the images before they
 are delivered, and recovers from running out of device memory: a batch is
-retried one job at a time, and a job alone fails with RESOURCE_EXHAUSTED.
+retried one job at a time (and its size is not gathered again for a while), a
+job alone fails with RESOURCE_EXHAUSTED, and the device's cache is released
+once the failed call's traceback is gone. A batch the memory guard predicts
+not to fit on the device is cut to fewer jobs before it runs.
 What it needs of the engine is `WorkerHost`, nothing more.
 """
 
@@ -26,12 +29,7 @@ from pixelgate.server.engine.fair_queue import FairQueue
 from pixelgate.server.engine.jobs import Job
 from pixelgate.server.engine.memory_guard import MemoryGuard
 from pixelgate.server.engine.step_timing import CallClock, CallTime, Shape, StepTimer
-from pixelgate.server.models.device import (
-    is_out_of_memory,
-    peak_memory_bytes,
-    release_cached_memory,
-    reset_peak_memory,
-)
+from pixelgate.server.models.device import DeviceMemory, is_out_of_memory, module_bytes
 from pixelgate.server.models.previews import preview_jpeg
 from pixelgate.server.models.registry import ModelRegistry, ModelState, RegisteredModel
 from pixelgate.server.models.runtime import Latents, ModelLoader, ModelRuntime, PipelineBatch
@@ -117,11 +115,19 @@ class WorkerHost(Protocol):
 class Worker(threading.Thread):
     """Owns one device's pipelines and runs batches on them, one at a time."""
 
-    def __init__(self, host: WorkerHost, device: str, index: int) -> None:
+    def __init__(
+        self,
+        host: WorkerHost,
+        device: str,
+        index: int,
+        *,
+        device_memory: DeviceMemory | None = None,
+    ) -> None:
         super().__init__(name=f"pixelgate-worker-{index}-{device}", daemon=True)
         self.device = device
         self.key = f"{device}#{index}"
         self._host = host
+        self._device_memory = device_memory or DeviceMemory()
         self._runtimes: dict[str, ModelRuntime] = {}
         self._checker: OutputChecker | Exception | None = None
         self._hosted = {model.id for model in host.registry.hosted_on(device)}
@@ -150,6 +156,7 @@ class Worker(threading.Thread):
             )
             if batch is None:
                 return
+            batch = self._fitting(batch)
             host.dispatched(batch, self)
             try:
                 self._run(batch)
@@ -159,6 +166,40 @@ class Worker(threading.Thread):
                     host.finish(job, error=error)
             finally:
                 host.batch_done(self)
+
+    def _fitting(self, batch: list[Job]) -> list[Job]:
+        """The longest head of `batch` predicted to fit on this device (its first job at least:
+        admission found that one fits alone); the rest go back to the front of the queue."""
+        first = batch[0].request
+        try:
+            free = self._device_memory.free_bytes(self.device)
+        except Exception:  # a device that cannot say: the budget alone decides
+            log.exception("free memory unknown on %s", self.device)
+            free = None
+        kept, images = batch[:1], batch[0].images
+        for job in batch[1:]:
+            if not self._host.memory.fits_on(
+                self.device,
+                first.model_id,
+                first.width,
+                first.height,
+                images + job.images,
+                free_bytes=free,
+            ):
+                break
+            kept.append(job)
+            images += job.images
+        rest = batch[len(kept) :]
+        if rest:
+            log.info(
+                "a batch of %d images would not fit on %s: running %d",
+                images + sum(job.images for job in rest),
+                self.device,
+                images,
+            )
+            for job in reversed(rest):
+                self._host.queue.put(job, front=True)
+        return kept
 
     def _runtime(self, model: RegisteredModel) -> ModelRuntime:
         runtime = self._runtimes.get(model.id)
@@ -173,10 +214,12 @@ class Worker(threading.Thread):
                 runtime.weights_bytes,
                 model.settings.activation_mb_per_megapixel * 1024 * 1024,
             )
+            host.memory.loaded(self.device, model.id)
             if host.settings.warmup:
                 self._warm_up(model, runtime)
         except Exception as error:
             log.exception("model %s failed to load on %s", model.id, self.device)
+            host.memory.unloaded(self.device, model.id)
             self._failed.add(model.id)  # other workers may still hold it
             overall = host.registry.set_state(model.id, self.key, ModelState.FAILED, error=error)
             if overall is ModelState.FAILED:
@@ -206,11 +249,14 @@ class Worker(threading.Thread):
             except Exception as error:
                 if not isinstance(error, ResourceExhausted) and not is_out_of_memory(error):
                     raise
-                release_cached_memory(self.device)
-                log.info("model %s: no warm-up of %d images on %s", model.id, images, self.device)
-                return
-            if measured is not None:
-                self._host.timer.observe(shape, measured)
+            else:
+                if measured is not None:
+                    self._host.timer.observe(shape, measured)
+                continue
+            # Out of the handler: its traceback no longer holds the failed call's tensors.
+            self._device_memory.release(self.device)
+            log.info("model %s: no warm-up of %d images on %s", model.id, images, self.device)
+            return
 
     def _warm_call(
         self, model: RegisteredModel, runtime: ModelRuntime, *, images: int, steps: int
@@ -237,6 +283,7 @@ class Worker(threading.Thread):
         if self._checker is None:
             try:
                 self._checker = self._host.checker_factory(self.device)
+                self._host.memory.checker_loaded(self.device, module_bytes(self._checker))
             except Exception as error:  # remembered: no reload attempt per image
                 log.exception("the output checker failed to load on %s", self.device)
                 self._checker = error
@@ -310,7 +357,9 @@ class Worker(threading.Thread):
                     preview = preview_jpeg(latents[offsets[job]])
                 job.emit(StepDone(step=step, total=total, eta=remaining, preview_jpeg=preview))
 
-        reset_peak_memory(self.device)
+        shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
+        self._device_memory.reset_peak(self.device)
+        out_of_memory = False
         try:
             images = runtime.run(batch, on_step)
         except GenerationCancelled:
@@ -318,17 +367,19 @@ class Worker(threading.Thread):
                 host.finish(job, cancelled=True)
             return
         except Exception as error:
-            if is_out_of_memory(error):
-                self._out_of_memory(members)
+            if not is_out_of_memory(error):
+                log.exception("batch of %d jobs failed on %s", len(members), self.device)
+                for job in members:
+                    host.finish(job, error=error)
                 return
-            log.exception("batch of %d jobs failed on %s", len(members), self.device)
-            for job in members:
-                host.finish(job, error=error)
+            out_of_memory = True
+        if out_of_memory:
+            # Out of the handler: its traceback no longer holds the failed call's tensors.
+            self._out_of_memory(members, shape)
             return
-        shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
-        peak = peak_memory_bytes(self.device)
+        peak = self._device_memory.peak_bytes(self.device)
         if peak is not None:
-            host.memory.observe_peak(*_shape_args(shape), peak_bytes=peak)
+            host.memory.observe_peak(*_shape_args(shape), peak_bytes=peak, device=self.device)
         for job in members:
             self._deliver(job, images[offsets[job] : offsets[job] + job.images])
         # Measured once every member has its images: decoding, the safety check and
@@ -373,9 +424,10 @@ class Worker(threading.Thread):
             )
         host.finish(job)
 
-    def _out_of_memory(self, members: Sequence[Job]) -> None:
+    def _out_of_memory(self, members: Sequence[Job], shape: Shape) -> None:
         host = self._host
-        release_cached_memory(self.device)
+        self._device_memory.release(self.device)
+        host.memory.observe_out_of_memory(self.device, *_shape_args(shape))
         if len(members) > 1:
             log.warning(
                 "out of memory in a batch of %d on %s: retrying one by one",

@@ -28,8 +28,8 @@ from pixelgate.server.models.runtime import (
     PromptTokenizer,
     load_tokenizer,
     resolve_source,
-    weights_on_disk,
 )
+from pixelgate.server.models.weight_files import weights_to_load
 
 
 class ModelState(enum.Enum):
@@ -78,7 +78,7 @@ class RegisteredModel:
     pipeline_name: str = ""
     dtype: str = ""
     weights_estimate: int = 0
-    """Bytes of weights on disk: the memory guard's figure until the model loads."""
+    """Bytes of the weight files its load reads: the memory guard's figure until it loads."""
     by_worker: dict[str, ModelState] = field(default_factory=dict, repr=False)
     _ready: asyncio.Event | None = field(default=None, repr=False)
     _settled: asyncio.Event | None = field(default=None, repr=False)
@@ -140,7 +140,11 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
                     card,
                     hosting_devices(settings, devices),
                     tokenizer,
-                    weights_estimate=weights_on_disk(resolve_source(settings, cache_dir)),
+                    weights_estimate=weights_to_load(
+                        resolve_source(settings, cache_dir),
+                        # The variant setting, once the configuration has one.
+                        getattr(settings, "variant", None),
+                    ),
                 )
             )
         return cls(registered, default_model)

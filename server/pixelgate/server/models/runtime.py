@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 from pixelgate.server.core.config import ModelSettings
+from pixelgate.server.models.component_dtypes import component_dtypes_kept
+from pixelgate.server.models.requested_steps import RequestedSteps
 from pixelgate.server.models.tiny_model import ensure_tiny_model
 
 log = logging.getLogger("pixelgate.models")
@@ -97,18 +99,23 @@ class DiffusersModel:
 
     def run(self, batch: PipelineBatch, on_step: StepCallback) -> list[Image.Image]:
         """Runs the pipeline; one CPU generator per image keeps each image's noise its own."""
+        progress = RequestedSteps(batch.steps)
 
         def step_end(
             pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            on_step(step_index + 1, int(pipeline.num_timesteps), kwargs.get("latents"))
+            step = progress.after(step_index, int(pipeline.num_timesteps))
+            if step is not None:
+                on_step(step, batch.steps, kwargs.get("latents"))
             return kwargs
 
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch.seeds]
         self._configure_vae(batch)
         negatives = list(batch.negative_prompts) if any(batch.negative_prompts) else None
-        with torch.inference_mode():
+        # SDXL casts its VAE to float32 for the decode and back after it; an
+        # exception in between (an out-of-memory at that peak) must not leave it so.
+        with torch.inference_mode(), component_dtypes_kept(self._pipeline):
             result = self._pipeline(
                 prompt=list(batch.prompts),
                 negative_prompt=negatives,
@@ -151,6 +158,20 @@ def _pipeline_class(name: str | None) -> Any:
     return found
 
 
+def _without_pipeline_safety_checker(source: str) -> dict[str, Any]:
+    """Loading arguments that leave out the pipeline's own safety checker, if it has one.
+
+    Its verdict would blacken flagged images, which then go out as COMPLETE; the
+    server's output checker (models/safety.py) alone decides, and reports FILTERED.
+    """
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(source)
+    if "safety_checker" not in index:
+        return {}  # an SDXL-type pipeline: passing it would only draw a warning
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
 def load_model(settings: ModelSettings, device: str, cache_dir: Path) -> DiffusersModel:
     """Loads the configured model onto `device` (building the tiny test model when unset)."""
     from diffusers.utils import logging as diffusers_logging
@@ -162,29 +183,24 @@ def load_model(settings: ModelSettings, device: str, cache_dir: Path) -> Diffuse
     source = resolve_source(settings, cache_dir)
     dtype = resolve_dtype(settings.dtype, device)
     log.info("loading model %s from %s on %s (%s)", settings.id, source, device, dtype)
-    pipeline = _pipeline_class(settings.pipeline).from_pretrained(source, dtype=dtype)
+    pipeline = _pipeline_class(settings.pipeline).from_pretrained(
+        source, dtype=dtype, **_without_pipeline_safety_checker(source)
+    )
     if settings.scheduler is not None:
         scheduler_class = getattr(importlib.import_module("diffusers"), settings.scheduler, None)
         if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
             raise ValueError(f"diffusers has no scheduler class {settings.scheduler!r}")
-        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+        config = dict(pipeline.scheduler.config)
+        if settings.scheduler == "PNDMScheduler":
+            # Stable Diffusion's PNDM skips the Runge-Kutta warm-up (PLMS only);
+            # without that, fewer than 4 steps fail (the engine's warm-up takes 2).
+            config.setdefault("skip_prk_steps", True)
+        pipeline.scheduler = scheduler_class.from_config(config)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     # torch 2 runs attention through scaled_dot_product_attention (flash or
     # memory-efficient kernels on CUDA) with diffusers' default processors.
     return DiffusersModel(pipeline, device, settings)
-
-
-def weights_on_disk(source: str) -> int:
-    """Bytes of weight files in a local model directory (0 for a hub id): an estimate."""
-    root = Path(source)
-    if not root.is_dir():
-        return 0
-    return sum(
-        path.stat().st_size
-        for pattern in ("*.safetensors", "*.bin")
-        for path in root.rglob(pattern)
-    )
 
 
 class PromptTokenizer:
@@ -230,5 +246,4 @@ __all__ = [
     "load_tokenizer",
     "resolve_dtype",
     "resolve_source",
-    "weights_on_disk",
 ]

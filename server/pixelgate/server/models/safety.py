@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +29,11 @@ class OutputChecker(Protocol):
 
 
 class DiffusersSafetyChecker:
-    """diffusers' StableDiffusionSafetyChecker with its CLIP feature extractor, on one device."""
+    """diffusers' StableDiffusionSafetyChecker with its CLIP feature extractor, on one device.
+
+    `source` is a checker repository or a local pipeline directory that ships one
+    (Stable Diffusion 1.x's): its verdict maps to FILTERED, never to a black image.
+    """
 
     def __init__(self, source: str, device: str) -> None:
         from diffusers.pipelines.stable_diffusion.safety_checker import (
@@ -37,8 +42,19 @@ class DiffusersSafetyChecker:
         from transformers import CLIPImageProcessor
 
         self._device = device
-        self._extractor = CLIPImageProcessor.from_pretrained(source)
-        self._checker = StableDiffusionSafetyChecker.from_pretrained(source).to(device).eval()
+        # A pipeline's own directory holds them in subfolders (the server loads the
+        # pipeline without them); a checker repository holds them at its root.
+        within_pipeline = (Path(source) / "safety_checker" / "config.json").is_file()
+        self._extractor = CLIPImageProcessor.from_pretrained(
+            source, subfolder="feature_extractor" if within_pipeline else ""
+        )
+        self._checker = (
+            StableDiffusionSafetyChecker.from_pretrained(
+                source, subfolder="safety_checker" if within_pipeline else ""
+            )
+            .to(device)
+            .eval()
+        )
 
     def flagged(self, images: Sequence[Image.Image]) -> list[bool]:
         if not images:

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,8 +37,8 @@ def _byte_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, codes), strict=True))
 
 
-def _write_tokenizer_files(directory: Path) -> int:
-    """Writes a byte-level vocab.json and an empty merges.txt; returns the vocab size."""
+def write_tokenizer_files(directory: Path) -> int:
+    """Writes a byte-level CLIP vocab.json and an empty merges.txt; returns the vocab size."""
     symbols = list(_byte_to_unicode().values())
     vocab = {symbol: i for i, symbol in enumerate(symbols)}
     vocab.update({symbol + "</w>": len(symbols) + i for i, symbol in enumerate(symbols)})
@@ -59,7 +60,7 @@ def _build(directory: Path) -> None:
 
     tokenizer_dir = directory / "_tokenizer_source"
     tokenizer_dir.mkdir()
-    vocab_size = _write_tokenizer_files(tokenizer_dir)
+    vocab_size = write_tokenizer_files(tokenizer_dir)
     tokenizer = CLIPTokenizer(
         str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
     )
@@ -126,14 +127,18 @@ def _build(directory: Path) -> None:
 
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """The tiny model's directory under `cache_dir`, built and saved there if missing."""
-    target = cache_dir / "models" / TINY_MODEL_NAME
+    return ensure_built(cache_dir / "models" / TINY_MODEL_NAME, _build)
+
+
+def ensure_built(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, a saved pipeline that `build` writes there (atomically) if missing."""
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny test model in %s", target)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        _build(staging)
+        build(staging)
         try:
             staging.rename(target)  # atomic: readers see no half-written model
         except OSError:
@@ -144,4 +149,4 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
     return target
 
 
-__all__ = ["TINY_MODEL_NAME", "ensure_tiny_model"]
+__all__ = ["TINY_MODEL_NAME", "ensure_built", "ensure_tiny_model", "write_tokenizer_files"]
