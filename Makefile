@@ -110,6 +110,7 @@ lint: $(STUBS) buf-lint
 	$(BIN)/ruff format --check server client tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) $(STUBS) protos/pixelgate/v1/*_pb2*.py* .pytest_cache .mypy_cache .ruff_cache \

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from PIL import Image
+from support import wait_for
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
@@ -270,3 +271,33 @@ def test_certs_have_the_extensions_tls_validators_check(tmp_path):
     client_eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in client_eku
     client.verify_directly_issued_by(ca)
+
+
+def test_a_fleet_target_reaches_every_replica(start_server, pki, mint, tmp_path):
+    """`--target ip:port,ip:port` spreads the CLI's calls over both replicas."""
+    replicas = [start_server(), start_server()]
+    connection = ["--ca", str(pki.ca_cert), "--cert", str(pki.client_cert)]
+    connection += ["--key", str(pki.client_key), "--attempts", "2"]
+    fleet = ",".join(replica.target for replica in replicas)
+    env = _clean_env(PIXELGATE_TOKEN=mint())
+
+    def reached() -> list[int]:
+        return [
+            len([e for e in r.audit_entries(0) if e["method"].endswith("/ListModels")])
+            for r in replicas
+        ]
+
+    # Each run is a new channel, which round_robin starts at a random replica.
+    for _ in range(20):
+        result = _cli("--target", fleet, *connection, "models", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        if all(reached()):
+            break
+    wait_for(lambda: all(reached()), 5, "ListModels on both replicas")
+
+
+def test_attempts_beyond_what_grpc_allows_is_a_usage_error(pixelgate):
+    """`--attempts 6` exits 2: gRPC's retry policy allows at most 5 tries."""
+    result = pixelgate("--attempts", "6", "health")
+    assert result.returncode == 2
+    assert "--attempts" in result.stderr

@@ -7,7 +7,7 @@ import time
 import pytest
 from support import wait_for
 
-from pixelgate.client import DeadlineExceeded, RateLimited
+from pixelgate.client import DeadlineExceeded, Unavailable
 from pixelgate.v1 import image_service_pb2 as pb
 
 
@@ -66,12 +66,12 @@ def test_a_job_cancelled_while_queued_never_runs(server, connect):
     assert stats.jobs_started == 1
 
 
-def test_a_full_queue_is_resource_exhausted_at_once(start_server, connect):
+def test_a_full_queue_is_unavailable_at_once(start_server, connect):
     """Beyond max_queued_jobs a generation is refused immediately, not queued forever."""
     server = start_server(engine={"max_queued_jobs": 1})
     client = connect(server)
     busy = client.stream("first", steps=60)
     next(busy)
-    with pytest.raises(RateLimited, match="queue is full"):
+    with pytest.raises(Unavailable, match="queue is full"):
         client.generate("second", steps=2)
     busy.close()

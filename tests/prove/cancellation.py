@@ -20,9 +20,10 @@ from .fleet import ServerProcess
 from .plan import Context
 from .report import Outcome
 
-STORM_STATUSES = {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+STORM_STATUSES = {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
 """How a storm stream may end: done before its cancel point, cancelled, its deadline
-passed, or refused while its caller's previous cancellation was still being released."""
+passed, refused while its caller's previous cancellation was still being released, or
+refused with pushback because the queue was full."""
 
 FD_SLACK = 16
 THREAD_SLACK = 8
@@ -143,7 +144,7 @@ def run(ctx: Context, out: Outcome) -> None:
         time.sleep(0.5)
     out.note(f"queue={admitted}/{capacity}")
     out.check(
-        admitted == capacity and refused == ["RESOURCE_EXHAUSTED"],
+        admitted == capacity and refused == ["UNAVAILABLE"],
         f"queue admitted {admitted} of {capacity}+1 (refused {refused}): jobs leaked",
     )
 

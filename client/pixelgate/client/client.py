@@ -12,9 +12,12 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pixelgate.client.credentials import TokenSource, channel_credentials, token_provider
+from pixelgate.client.credentials import TokenSource, token_provider
 from pixelgate.client.errors import RateLimited, error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler
+from pixelgate.client.rotating_channel import RotatingChannel
+from pixelgate.client.service_config import HEALTH_SERVICE, ServiceConfig
+from pixelgate.client.targets import address_list_host, channel_target, names_a_fleet
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -32,11 +35,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry calls refused with RESOURCE_EXHAUSTED, waiting as long as the server says.
+    """Wait out the caller's own rate limit (RESOURCE_EXHAUSTED): opt in, as long as told.
 
-    Only refusals that name a delay are retried, at most `max_attempts` tries
-    in all, and never when the delay exceeds `max_delay` seconds. A generation
-    is retried only if the refusal came before its first event.
+    Only refusals that name a delay (`retry-after`) are retried, at most
+    `max_attempts` tries in all, and never when the delay exceeds `max_delay`
+    seconds; a generation only if the refusal came before its first event.
+    Every replica shares the caller's budget, so this is a wait, not a retry
+    elsewhere: that one (UNAVAILABLE, a busy replica) is the channel's own.
     """
 
     max_attempts: int = 3
@@ -50,6 +55,14 @@ class RetryPolicy:
         return error.retry_after if error.retry_after <= self.max_delay else None
 
 
+class _Stubs:
+    """The stubs of one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.images = pb_grpc.ImageServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+
 class PixelgateClient:
     """A connection to a pixelgate server. Use as a context manager, or call close().
 
@@ -57,6 +70,16 @@ class PixelgateClient:
     thread: a source that fails raises its own error from the call (a
     `ClientCredentials` refused by its token endpoint raises `TokenEndpointError`,
     an unreadable token file `OSError`), and the call is not made.
+
+    `target` is one server (host:port) or a fleet (`dns:///name:port`, or a list
+    "ip:port,ip:port"): calls go round-robin to the replicas whose health says
+    SERVING. A call a replica refuses with UNAVAILABLE (it cannot take it now)
+    is tried again on the next one, up to `attempts` tries in all, after the
+    server's pushback; gRPC does this only before any response reached us.
+
+    The CA, certificate and key files are looked at (at most once per
+    `tls_check_interval` seconds, as calls start): when they change and load,
+    new calls use them on a new channel, and calls in progress go on.
     """
 
     def __init__(
@@ -69,18 +92,32 @@ class PixelgateClient:
         token: TokenSource | None = None,
         server_name: str | None = None,
         retry: RetryPolicy | None = None,
+        tls_check_interval: float = 1.0,
+        attempts: int = ServiceConfig.max_attempts,
     ) -> None:
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        credentials = channel_credentials(
-            ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=None
+        target = channel_target(target)
+        service_config = ServiceConfig(
+            max_attempts=attempts,
+            # Health-checked balancing for a fleet; one server is reached whatever its health.
+            health_service=HEALTH_SERVICE if names_a_fleet(target) else None,
         )
+        options = service_config.channel_options()
+        server_name = server_name or address_list_host(target)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         # Per call rather than on the channel: gRPC runs channel call credentials in a
         # thread of its own and turns any failure there into UNAVAILABLE, which blames
         # the server for a refused client secret.
         self._token = token_provider(token) if token is not None else None
-        self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._images = pb_grpc.ImageServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._channels = RotatingChannel(
+            target,
+            _Stubs,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            options=options,
+            check_interval=tls_check_interval,
+        )
         self._retry = retry
 
     def stream(
@@ -138,24 +175,25 @@ class PixelgateClient:
     def _stream_once(
         self, request: pb.GenerateImageRequest, num_images: int, timeout: float | None
     ) -> Iterator[Event]:
-        call = self._images.GenerateImage(
-            request, timeout=timeout, credentials=self._call_credentials()
-        )
-        assembler = ImageAssembler()
-        try:
-            for response in call:
-                kind = response.WhichOneof("event")
-                if kind == "progress":
-                    yield response.progress
-                elif kind == "chunk":
-                    assembler.add_chunk(response.chunk)
-                elif kind == "complete":
-                    yield assembler.complete(response.complete)
-            assembler.finish(num_images)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
-        finally:
-            call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
+        with self._channels.lease() as stubs:
+            call = stubs.images.GenerateImage(
+                request, timeout=timeout, credentials=self._call_credentials()
+            )
+            assembler = ImageAssembler()
+            try:
+                for response in call:
+                    kind = response.WhichOneof("event")
+                    if kind == "progress":
+                        yield response.progress
+                    elif kind == "chunk":
+                        assembler.add_chunk(response.chunk)
+                    elif kind == "complete":
+                        yield assembler.complete(response.complete)
+                assembler.finish(num_images)
+            except grpc.RpcError as error:
+                raise error_from_rpc(error) from None
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
 
     def generate(
         self,
@@ -176,13 +214,15 @@ class PixelgateClient:
     def list_models(self, *, timeout: float | None = 10) -> list[pb.ModelInfo]:
         """The models the server offers, with their bounds."""
         request = pb.ListModelsRequest()
-        return self._unary(
-            lambda: list(
-                self._images.ListModels(
+
+        def list_them() -> list[pb.ModelInfo]:
+            with self._channels.lease() as stubs:
+                response = stubs.images.ListModels(
                     request, timeout=timeout, credentials=self._call_credentials()
-                ).models
-            )
-        )
+                )
+            return list(response.models)
+
+        return self._unary(list_them)
 
     def _call_credentials(self) -> grpc.CallCredentials | None:
         # Call credentials travel only over a secure channel, and this one always is.
@@ -211,16 +251,22 @@ class PixelgateClient:
         Health checks need no token, so none is fetched for them.
         """
         try:
-            response = self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
+            with self._channels.lease() as stubs:
+                response = stubs.health.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout
+                )
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
+    @property
+    def rejected_tls_rotations(self) -> int:
+        """Changed TLS file sets that did not load (calls went on with the previous ones)."""
+        return self._channels.rejected_rotations
+
     def close(self) -> None:
         """Closes the channel."""
-        self._channel.close()
+        self._channels.close()
 
     def __enter__(self) -> PixelgateClient:
         return self

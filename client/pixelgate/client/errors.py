@@ -48,7 +48,8 @@ class NotFound(PixelgateError):
 
 
 class RateLimited(PixelgateError):
-    """Over the caller's rate or the server is busy; retry after `retry_after` seconds if set."""
+    """Over the caller's rate or quota (on every replica alike); retry after `retry_after`
+    seconds if set."""
 
     def __init__(
         self, code: grpc.StatusCode | None, details: str, retry_after: float | None
@@ -58,7 +59,8 @@ class RateLimited(PixelgateError):
 
 
 class Unavailable(PixelgateError):
-    """The server could not be reached, refused the TLS handshake, or is shutting down."""
+    """The server could not be reached, refused the TLS handshake, or cannot take the call
+    now (queue full, shutting down), even after the channel's retries on other replicas."""
 
 
 class DeadlineExceeded(PixelgateError):

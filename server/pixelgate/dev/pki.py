@@ -159,6 +159,15 @@ def issue_certificate(
     return Issued(certificate, key)
 
 
+def load_issued(certificate_file: Path, key_file: Path) -> Issued:
+    """Reads back an issued certificate and its key (a CA's, to issue more from it)."""
+    certificate = x509.load_pem_x509_certificate(certificate_file.read_bytes())
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_file} does not hold an EC private key")
+    return Issued(certificate, key)
+
+
 def issue_server_certificate(ca: Issued, names: Sequence[str] = SERVER_NAMES) -> Issued:
     """Issues a serverAuth certificate for `names` (DNS names and IP addresses)."""
     return issue_certificate(
@@ -254,6 +263,7 @@ __all__ = [
     "issue_certificate",
     "issue_client_certificate",
     "issue_server_certificate",
+    "load_issued",
     "make_ca",
     "write_dev_pki",
 ]

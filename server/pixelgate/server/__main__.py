@@ -24,7 +24,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="pixelgate-server", description="Serve pixelgate over mutual TLS."
     )
     parser.add_argument(
-        "--config", type=Path, help="TOML settings file (default: embedded dev setup)"
+        "--config",
+        type=Path,
+        help="TOML settings file (default: embedded dev setup); PIXELGATE_* variables"
+        " override it, and the flags below override both",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument(
@@ -48,6 +51,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if running.certificates is not None:  # SIGHUP: re-read the TLS files now
+        loop.add_signal_handler(signal.SIGHUP, running.certificates.reload)
     print(f"pixelgate: serving on port {running.port}", flush=True)
     await stop.wait()
     logging.getLogger("pixelgate.server").info(
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     route_library_logs()
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port)
+        settings = load_settings(args.config, environ=os.environ, host=args.host, port=args.port)
         if args.prepare_model:
             device = engine_devices(settings.engine)[0]
             for model in settings.models:

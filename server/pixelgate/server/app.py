@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,12 @@ from pixelgate.server.core.config import (
     ConfigError,
     ConnectionSettings,
     ModelSettings,
+    ProbeSettings,
     RateLimitSettings,
     Settings,
 )
 from pixelgate.server.core.quota import Limit
-from pixelgate.server.engine.engine import GenerationEngine
+from pixelgate.server.engine.engine import WORKER_STOP_SECONDS, GenerationEngine
 from pixelgate.server.engine.memory_guard import MemoryGuard
 from pixelgate.server.engine.prompt_denylist import PromptDenylist
 from pixelgate.server.limits.backend_probe import BackendProbe, ServingHealth
@@ -70,9 +72,9 @@ from pixelgate.server.rpc.error_mapping import ErrorMapping
 from pixelgate.server.rpc.interception import InterceptorChain, every_method
 from pixelgate.server.security.authentication import CertificateAllowlist, TokenAuthentication
 from pixelgate.server.security.authorization import ScopeAuthorization, ScopePolicy
+from pixelgate.server.security.certificate_reloader import CertificateReloader
 from pixelgate.server.security.client_identity import BindingPolicy
 from pixelgate.server.security.key_sources import key_source
-from pixelgate.server.security.tls import server_credentials
 from pixelgate.server.security.token_keys import UnusableKeyError
 from pixelgate.server.security.token_verifier import TokenVerifier, TrustedIssuer
 from pixelgate.v1 import image_service_pb2 as pb
@@ -136,6 +138,7 @@ def build_limiter(settings: RateLimitSettings) -> Limiter:
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             timeout_seconds=settings.redis_timeout_seconds,
+            slot_lease_seconds=settings.slot_lease_seconds,
         )
     else:
         backend = MemoryBackend()
@@ -178,6 +181,31 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def probe_listener(
+    settings: ProbeSettings,
+    health_servicer: health.aio.HealthServicer,  # type: ignore[name-defined]
+) -> tuple[grpc.aio.Server, int] | None:
+    """A bound (not started) plaintext server with only the health service, sharing the
+    main server's health, for Kubernetes' gRPC probes, which cannot present a client
+    certificate; None when no address is configured. No reflection, no other service."""
+    if settings.address is None:
+        return None
+    probe = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+    try:
+        port = probe.add_insecure_port(settings.address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"cannot listen for probes on {settings.address}")
+    return probe, port
+
+
 @dataclass
 class RunningServer:
     """A started server: where it listens and the handles needed to stop it."""
@@ -186,21 +214,34 @@ class RunningServer:
     port: int
     engine: GenerationEngine
     health: health.aio.HealthServicer  # type: ignore[name-defined]
+    certificates: CertificateReloader | None = None
+    """Re-reads the TLS files; `reload()` on SIGHUP."""
     closers: list[Closer] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    probe: grpc.aio.Server | None = None
+    """The plaintext health-only listener for Kubernetes probes, when configured."""
+    probe_port: int | None = None
+    """Where `probe` listens."""
 
     async def stop(self, grace: float | None) -> None:
-        """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds;
+        the probe listener closes last, so probes see NOT_SERVING while the rest drains."""
+        stopping = time.monotonic()
         for task in self.background:
             task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.engine.aclose()
+        # The workers get what is left of the grace (a model still loading is abandoned:
+        # a load cannot be interrupted), and at least a moment to finish their step.
+        left = None if grace is None else grace - (time.monotonic() - stopping)
+        await self.engine.aclose(WORKER_STOP_SECONDS if left is None else max(left, 1.0))
         for close in self.closers:  # each one, whatever the others do (the audit is last)
             try:
                 await close()
             except Exception:
                 log.exception("a component failed to close")
+        if self.probe is not None:
+            await self.probe.stop(None)
 
 
 async def start_server(
@@ -213,7 +254,7 @@ async def start_server(
     `interceptors=False` serves with no interceptor at all (mutual TLS still on):
     only for measuring what the chain costs; it is not reachable from settings.
     """
-    credentials = server_credentials(settings.tls)
+    certificates = CertificateReloader(settings.tls)
     devices = engine_devices(settings.engine)
     registry = await asyncio.to_thread(
         ModelRegistry.from_settings,
@@ -314,17 +355,30 @@ async def start_server(
         server,
     )
 
-    port = server.add_secure_port(_address(settings.host, settings.port), credentials)
+    port = server.add_secure_port(
+        _address(settings.host, settings.port), certificates.credentials()
+    )
     if port == 0:
         raise ConfigError(f"cannot listen on {_address(settings.host, settings.port)}")
+    probe_server, probe_port = probe_listener(settings.probes, health_servicer) or (None, None)
     health_gate = ServingHealth(
         health_servicer, ("", SERVICE_NAME), (DEFAULT_MODEL_READY, RATE_LIMITS_ANSWER)
     )
     await health_gate.set(RATE_LIMITS_ANSWER, True)  # NOT_SERVING: no model yet
     await server.start()
+    if probe_server is not None:
+        await probe_server.start()
+        log.info("health probes on port %d (plaintext, health only)", probe_port)
     await engine.start()
     running = RunningServer(
-        server=server, port=port, engine=engine, health=health_servicer, closers=closers
+        server=server,
+        port=port,
+        engine=engine,
+        health=health_servicer,
+        certificates=certificates,
+        closers=closers,
+        probe=probe_server,
+        probe_port=probe_port,
     )
     if limits.backend == "redis" and limits.on_backend_failure == "fail_closed":
         # Every tokened call fails while the shared buckets are out of reach: say so,
@@ -372,5 +426,6 @@ __all__ = [
     "build_verifier",
     "connection_options",
     "needs_token",
+    "probe_listener",
     "start_server",
 ]

@@ -1,4 +1,5 @@
-"""load_settings: safe defaults, TOML files, and clear ConfigErrors for bad input."""
+"""load_settings: safe defaults, TOML files, PIXELGATE_ variables, and clear ConfigErrors for
+bad input."""
 
 from __future__ import annotations
 
@@ -313,3 +314,97 @@ def test_the_redis_probe_interval_is_positive(tmp_path: Path) -> None:
     assert load_settings(path).rate_limit.redis_probe_interval_seconds == 5
     zero = "[rate_limit]\nredis_probe_interval_seconds = 0\n"
     assert "rate_limit.redis_probe_interval_seconds" in _config_error(tmp_path, zero)
+
+
+# --- environment variables -----------------------------------------------------------------
+
+
+def _env_error(environ: dict[str, str], path: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ=environ)
+    return str(caught.value)
+
+
+def test_environment_sets_scalars_and_nested_fields() -> None:
+    """PIXELGATE_ variables set top-level and nested settings, converted as TOML values are."""
+    settings = load_settings(
+        environ={
+            "PIXELGATE_HOST": "0.0.0.0",
+            "PIXELGATE_PORT": "8443",
+            "PIXELGATE_RATE_LIMIT__BURST": "20",
+            "PIXELGATE_TLS__CERT_FILE": "/etc/pixelgate/tls/tls.crt",
+            "PIXELGATE_AUTH__REQUIRE_BOUND_TOKENS": "true",
+            "PIXELGATE_PROBES__ADDRESS": "0.0.0.0:8081",
+        }
+    )
+    assert (settings.host, settings.port) == ("0.0.0.0", 8443)
+    assert settings.rate_limit.burst == 20
+    assert settings.tls.cert_file == Path("/etc/pixelgate/tls/tls.crt")
+    assert settings.tls.key_file == DEV_DIR / "server.key"  # untouched fields keep defaults
+    assert settings.auth.require_bound_tokens is True
+    assert settings.probes.address == "0.0.0.0:8081"
+
+
+def test_environment_takes_lists_and_sections_as_json() -> None:
+    """Lists and whole sections are JSON: devices, a model registry, an issuer list."""
+    settings = load_settings(
+        environ={
+            "PIXELGATE_ENGINE__DEVICES": '["cuda:0", "cuda:1"]',
+            "PIXELGATE_MODELS": '[{"id": "sd15", "source": "/models/sd15", "max_width": 768}]',
+            "PIXELGATE_AUTH__ISSUERS": (
+                '[{"issuer": "https://login.example.com", "audiences": ["pixelgate"],'
+                ' "jwks_url": "https://login.example.com/jwks"}]'
+            ),
+        }
+    )
+    assert settings.engine.devices == ("cuda:0", "cuda:1")
+    assert [(m.id, m.source, m.max_width) for m in settings.models] == [
+        ("sd15", "/models/sd15", 768)
+    ]
+    assert settings.auth.issuers[0].jwks_url == "https://login.example.com/jwks"
+    assert "PIXELGATE_ENGINE__DEVICES: expected JSON" in _env_error(
+        {"PIXELGATE_ENGINE__DEVICES": "cpu"}
+    )
+
+
+def test_precedence_is_file_then_environment_then_flags(tmp_path: Path) -> None:
+    """The environment overrides the file field by field; flags override both."""
+    path = _write(tmp_path, "port = 7000\n[rate_limit]\nburst = 5\nrequests_per_minute = 30\n")
+    environ = {"PIXELGATE_PORT": "7001", "PIXELGATE_RATE_LIMIT__BURST": "9"}
+    settings = load_settings(path, environ=environ)
+    assert settings.port == 7001
+    assert (settings.rate_limit.burst, settings.rate_limit.requests_per_minute) == (9, 30)
+    assert load_settings(path, environ=environ, port=7002).port == 7002
+
+
+def test_a_bad_value_names_the_setting_and_the_variable() -> None:
+    """A value the file would refuse is refused the same way, naming both where it came from
+    and which setting it is; the value itself is not echoed."""
+    message = _env_error({"PIXELGATE_RATE_LIMIT__BURST": "many-many"})
+    assert "rate_limit.burst (from PIXELGATE_RATE_LIMIT__BURST)" in message
+    assert "many-many" not in message
+    inside_a_list = _env_error({"PIXELGATE_MODELS": '[{"id": "a", "min_size": 7}]'})
+    assert "models.0.min_size (from PIXELGATE_MODELS)" in inside_a_list
+
+
+def test_an_unknown_variable_is_refused_like_an_unknown_key() -> None:
+    """A misspelt PIXELGATE_ variable stops start-up rather than being ignored; the client
+    CLI's own variables (PIXELGATE_TOKEN...) are not settings and are left alone."""
+    assert "unknown setting rate_limt" in _env_error({"PIXELGATE_RATE_LIMT__BURST": "1"})
+    assert "unknown setting tls.cert" in _env_error({"PIXELGATE_TLS__CERT": "/x"})
+    assert "port is not a section" in _env_error({"PIXELGATE_PORT__NUMBER": "1"})
+    clients = {"PIXELGATE_TOKEN": "t", "PIXELGATE_TARGET": "h:1", "PIXELGATE_CA": "ca.crt"}
+    assert load_settings(environ={**clients, "HOME": "/root"}) == load_settings()
+
+
+def test_no_environ_means_no_environment() -> None:
+    """load_settings reads variables only when given them: the process's own are not read."""
+    assert load_settings(environ={}) == load_settings()
+
+
+def test_probe_address_is_host_and_port() -> None:
+    """The probe listener is off by default; an address without a port is refused."""
+    assert load_settings().probes.address is None
+    assert "probes.address" in _env_error({"PIXELGATE_PROBES__ADDRESS": "8081"})
+    ipv6 = load_settings(environ={"PIXELGATE_PROBES__ADDRESS": "[::]:8081"})
+    assert ipv6.probes.address == "[::]:8081"

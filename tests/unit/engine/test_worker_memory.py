@@ -43,7 +43,7 @@ class FakeHost:
         self.registry = ModelRegistry([model], "fake")
         self.settings = EngineSettings(warmup=False, max_batch_images=8)
         self.loader: Callable[[ModelSettings, str], Any] = lambda settings, device: runtime
-        self.checker_factory = lambda device: NoChecker()
+        self.checker_factory = lambda device, dtype: NoChecker()
         self.memory = memory
         self.timer = StepTimer()
         self.queue: FairQueue[Job] = FairQueue()

@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=token_source(args),
             server_name=args.server_name,
             retry=RetryPolicy(max_attempts=args.retries + 1) if args.retries > 0 else None,
+            attempts=args.attempts,
         )
     except OSError as error:
         print(f"pixelgate: cannot read {error.filename}: {error.strerror}", file=sys.stderr)

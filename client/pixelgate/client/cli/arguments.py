@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from pixelgate.client.service_config import ServiceConfig
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 """The server a bare `pixelgate` calls: a local `make serve`."""
 
@@ -21,7 +23,12 @@ def env(name: str, default: str | None = None) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `pixelgate`: connection, token and OAuth flags, then one command."""
     parser = argparse.ArgumentParser(prog="pixelgate", description="pixelgate client.")
-    parser.add_argument("--target", default=env("TARGET", DEFAULT_TARGET), help="server host:port")
+    parser.add_argument(
+        "--target",
+        default=env("TARGET", DEFAULT_TARGET),
+        help="server host:port, or a fleet: dns:///name:port or a list ip:port,ip:port"
+        " (calls spread over its healthy replicas)",
+    )
     parser.add_argument("--ca", type=Path, default=_path_env("CA", "ca.crt"))
     parser.add_argument("--cert", type=Path, default=_path_env("CERT", "client.crt"))
     parser.add_argument("--key", type=Path, default=_path_env("KEY", "client.key"))
@@ -36,7 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_oauth_arguments(parser)
     parser.add_argument(
-        "--retries", type=int, default=0, help="retry a rate-limited call up to N times"
+        "--retries",
+        type=int,
+        default=0,
+        help="wait out a rate limit up to N times, as long as the server's retry-after says",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=ServiceConfig.max_attempts,
+        choices=range(1, 6),
+        metavar="{1..5}",
+        help="tries per call when a replica cannot take it now (UNAVAILABLE), each on the"
+        " next replica after the server's pushback; 1 = no retries (default: %(default)s)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

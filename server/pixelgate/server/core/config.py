@@ -1,23 +1,29 @@
 """Server settings: one typed object, built once at start-up and passed down.
 
-Loaded from an optional TOML file (`pixelgate-server --config FILE`); every
-field has a safe default, so with no file the server runs the embedded
-development setup: the PKI under `certs/dev/` and the tiny test model.
-Unknown keys are errors, so a typo cannot silently turn a protection off.
-Relative paths are relative to the working directory.
+Loaded from an optional TOML file (`pixelgate-server --config FILE`), then
+`PIXELGATE_...` environment variables, then command-line flags, each over the
+one before; every field has a safe default, so with neither file nor variables
+the server runs the embedded development setup: the PKI under `certs/dev/` and
+the tiny test model. Unknown keys and unknown `PIXELGATE_` variables are errors,
+so a typo cannot silently turn a protection off. Relative paths are relative to
+the working directory.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pixelgate.dev import DEV_AUDIENCE, DEV_DIR, DEV_ISSUER
 
@@ -180,7 +186,11 @@ class RateLimitSettings(_Section):
     gpu_cost_burst: float = Field(default=500.0, gt=0)
     """The GPU-cost bucket's size; one request costing more is refused outright."""
     max_concurrent_generations: int = Field(default=2, ge=1)
-    """Generations one caller may have queued or running at once."""
+    """Generations one caller may have queued or running at once (across the fleet with
+    `backend = "redis"`)."""
+    slot_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    """With Redis, a concurrency slot is a lease renewed while its generation runs: the
+    slots of a replica that died come back within this long."""
     peer_requests_per_minute: float = Field(default=600.0, gt=0)
     """Calls per minute from one peer address, counted before authentication (per replica)."""
     peer_burst: int = Field(default=100, ge=1)
@@ -307,6 +317,10 @@ class ModelSettings(_Section):
     """"auto": a copy on every engine device; or only "cpu", "cuda" (every GPU), "cuda:N"."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """"auto" is float16 on CUDA and float32 on the CPU."""
+    variant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    """The weight files to read, e.g. "fp16" (`diffusion_pytorch_model.fp16.safetensors`):
+    half-precision files are read as they are, not fp32 ones read and cast; unset = the
+    plain files."""
     preload: bool = True
     """Load at start-up; false loads on first use (that request waits; a lazy default
     model leaves health SERVING from the start)."""
@@ -402,6 +416,25 @@ class AuditSettings(_Section):
     """"stderr", "stdout", or a file path (appended; created readable by its owner only)."""
 
 
+class ProbeSettings(_Section):
+    """A plaintext listener serving only gRPC health, for Kubernetes' gRPC probes,
+    which cannot present a client certificate; off unless an address is set."""
+
+    address: str | None = None
+    """"host:port" to listen on (port 0 picks a free one); unset = no probe listener.
+    It answers health checks to anyone who reaches it: bind it to the pod or loopback."""
+
+    @field_validator("address")
+    @classmethod
+    def _host_and_port(cls, address: str | None) -> str | None:
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError('address must be "host:port" (IPv6 as "[::]:8081")')
+        return address
+
+
 class Settings(_Section):
     """Everything the server needs, with safe defaults."""
 
@@ -422,6 +455,7 @@ class Settings(_Section):
     output: OutputSettings = OutputSettings()
     safety: SafetySettings = SafetySettings()
     audit: AuditSettings = AuditSettings()
+    probes: ProbeSettings = ProbeSettings()
     max_prompt_bytes: int = Field(default=1000, ge=1, le=16384)
     """Longest prompt (and negative prompt) in UTF-8 bytes."""
     max_images_per_request: int = Field(default=4, ge=1, le=16)
@@ -453,8 +487,29 @@ class Settings(_Section):
         return self.default_model or self.models[0].id
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Reads settings from a TOML file (if any), then applies non-None overrides."""
+ENV_PREFIX = "PIXELGATE_"
+"""Every environment variable naming a setting starts with this."""
+ENV_NESTING = "__"
+"""Separates a section from its field: PIXELGATE_RATE_LIMIT__BURST is rate_limit.burst."""
+NOT_SETTINGS: frozenset[str] = frozenset(
+    f"{ENV_PREFIX}{name}"
+    for name in (
+        # The server's own tuning knob, read before settings load (__main__).
+        "SWITCH_INTERVAL",
+        # The `pixelgate` client CLI's variables: a shell may hold them beside the server's.
+        "TARGET", "CA", "CERT", "KEY", "SERVER_NAME", "TOKEN", "TOKEN_FILE",
+        "OAUTH_TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET_FILE", "OAUTH_SCOPES",
+        "OAUTH_RESOURCE", "OAUTH_AUDIENCE", "OAUTH_AUTH_METHOD",
+    )
+)  # fmt: skip
+"""PIXELGATE_ variables that are not settings: ignored, never refused."""
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Reads settings from a TOML file (if any), then the PIXELGATE_ variables of `environ`
+    (if given), then applies non-None top-level overrides (command-line flags)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -463,14 +518,92 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    origins: dict[tuple[str, ...], str] = {}
+    if environ is not None:
+        for location, variable, value in _environment_settings(environ):
+            _merge_at(data, location, value)
+            origins[location] = variable
     data.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration: {_describe(exc, origins)}") from None
 
 
-def _describe(error: ValidationError) -> str:
+def _environment_settings(
+    environ: Mapping[str, str],
+) -> list[tuple[tuple[str, ...], str, Any]]:
+    """(setting location, variable, value) for each PIXELGATE_ variable, whole sections
+    before their fields so a field's own variable wins."""
+    found = []
+    for variable, raw in environ.items():
+        if not variable.startswith(ENV_PREFIX) or variable in NOT_SETTINGS:
+            continue
+        location = tuple(variable[len(ENV_PREFIX) :].lower().split(ENV_NESTING))
+        annotation = _annotation_at(location, variable)
+        found.append((location, variable, _env_value(raw, annotation, variable)))
+    return sorted(found, key=lambda item: len(item[0]))
+
+
+def _annotation_at(location: tuple[str, ...], variable: str) -> Any:
+    """The type of the setting at `location`; an unknown one is refused like an unknown key."""
+    section: type[BaseModel] = Settings
+    for depth, name in enumerate(location):
+        field = section.model_fields.get(name)
+        if field is None:
+            where = ".".join(location[: depth + 1])
+            raise ConfigError(f"invalid configuration: {variable}: unknown setting {where}")
+        if depth == len(location) - 1:
+            return field.annotation
+        inner = field.annotation
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            where = ".".join(location[: depth + 1])
+            raise ConfigError(
+                f"invalid configuration: {variable}: {where} is not a section (it has no fields)"
+            )
+        section = inner
+    raise ConfigError(f"invalid configuration: {variable} names no setting")
+
+
+def _is_structured(annotation: Any) -> bool:
+    """True for settings that are a section or a list (written as JSON in a variable)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list, dict):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_structured(member) for member in typing.get_args(annotation))
+    return False
+
+
+def _env_value(raw: str, annotation: Any, variable: str) -> Any:
+    """A scalar as its string (pydantic converts it as it does TOML's); a list or a
+    section as JSON, e.g. PIXELGATE_ENGINE__DEVICES='["cuda:0", "cuda:1"]'."""
+    if not _is_structured(annotation):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ConfigError(
+            f"invalid configuration: {variable}: expected JSON (a list or an object)"
+        ) from None
+
+
+def _merge_at(data: dict[str, Any], location: tuple[str, ...], value: Any) -> None:
+    """Sets `value` at `location`, keeping the file's other keys of each section."""
+    for name in location[:-1]:
+        inner = data.get(name)
+        if not isinstance(inner, dict):
+            inner = data[name] = {}
+        data = inner
+    previous = data.get(location[-1])
+    if isinstance(previous, dict) and isinstance(value, dict):
+        value = {**previous, **value}
+    data[location[-1]] = value
+
+
+def _describe(error: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
     located = [(tuple(str(p) for p in e["loc"]), e["type"], e["msg"]) for e in error.errors()]
     problems = []
     for loc, kind, message in located:
@@ -479,11 +612,18 @@ def _describe(error: ValidationError) -> str:
             other[: len(loc)] == loc and other != loc for other, _, _ in located
         ):
             continue
-        problems.append(f"{'.'.join(loc) or '(top level)'}: {message}")
+        source = next(
+            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None
+        )
+        where = f" (from {source})" if source else ""
+        problems.append(f"{'.'.join(loc) or '(top level)'}{where}: {message}")
     return "; ".join(problems)
 
 
 __all__ = [
+    "ENV_NESTING",
+    "ENV_PREFIX",
+    "NOT_SETTINGS",
     "Algorithm",
     "AuditSettings",
     "AuthSettings",
@@ -496,6 +636,7 @@ __all__ = [
     "ModelSettings",
     "OutputSettings",
     "PolicySettings",
+    "ProbeSettings",
     "PublicKeyAlgorithm",
     "RateLimitSettings",
     "SafetySettings",

@@ -102,7 +102,8 @@ class PermissionDenied(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    """Over a quota or rate, or the work queue is full; retrying later may succeed."""
+    """Over the caller's quota or rate: every replica would refuse it too, so clients
+    do not retry it blindly (only after the delay the refusal names, if any)."""
 
     code = StatusCode.RESOURCE_EXHAUSTED
 
@@ -111,6 +112,24 @@ class Unavailable(ServiceError):
     """The server cannot take the call now (shutting down, a dependency is down)."""
 
     code = StatusCode.UNAVAILABLE
+
+
+PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+"""gRPC's server-pushback trailer (gRFC A6): how long a retrying client waits first."""
+
+
+class ReplicaBusy(Unavailable):
+    """This replica cannot take the job now (its queue is full); another replica may.
+
+    UNAVAILABLE with `grpc-retry-pushback-ms`, which a client's service-config
+    retry policy honours: it tries again after that delay, on the next healthy
+    replica. Never used for a caller over its own rate or quota, which would
+    fail the same way on every replica (that stays RESOURCE_EXHAUSTED).
+    """
+
+    def __init__(self, message: str, *, pushback_ms: int = 100) -> None:
+        super().__init__(message, trailers=[(PUSHBACK_TRAILER, str(pushback_ms))])
+        self.pushback_ms = pushback_ms
 
 
 class DeadlineExceeded(ServiceError):
@@ -124,11 +143,13 @@ INTERNAL_MESSAGE = "internal error"
 
 __all__ = [
     "INTERNAL_MESSAGE",
+    "PUSHBACK_TRAILER",
     "DeadlineExceeded",
     "FieldViolation",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "ReplicaBusy",
     "RequestInvalid",
     "ResourceExhausted",
     "ServiceError",

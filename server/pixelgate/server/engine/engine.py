@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from itertools import zip_longest
 
 from pixelgate.server.core.config import EngineSettings
-from pixelgate.server.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from pixelgate.server.core.errors import DeadlineExceeded, ReplicaBusy, Unavailable
 from pixelgate.server.core.generation import GeneratedImage, GenerationRequest, Queued
 from pixelgate.server.engine.admission import DeadlineAdmission
 from pixelgate.server.engine.eta import WorkerView, finish_times
@@ -38,6 +38,10 @@ from pixelgate.server.models.runtime import ModelLoader
 from pixelgate.server.models.safety import CheckerFactory, NoChecker
 
 log = logging.getLogger("pixelgate.engine")
+
+
+WORKER_STOP_SECONDS = 30.0
+"""How long closing the engine waits for its workers unless told (a shutdown's grace)."""
 
 
 def _batch_shape(jobs: Sequence[Job]) -> Shape:
@@ -73,7 +77,9 @@ class GenerationEngine:
         self.loader = loader
         self.memory = memory
         self.denylist = denylist or PromptDenylist(())
-        self.checker_factory: CheckerFactory = checker_factory or (lambda device: NoChecker())
+        self.checker_factory: CheckerFactory = checker_factory or (
+            lambda device, dtype: NoChecker()
+        )
         self.timer = timer or StepTimer()
         self.admission = admission or DeadlineAdmission()
         self.queue: FairQueue[Job] = FairQueue()
@@ -120,7 +126,7 @@ class GenerationEngine:
             return job
         with self._lock:
             if len(self._active) >= self.settings.max_queued_jobs:
-                raise ResourceExhausted("server busy: the generation queue is full; retry later")
+                raise ReplicaBusy("server busy: the generation queue is full; retry later")
             self._active.add(job)
         job.submitted_at = time.monotonic()
         self.queue.put(job)
@@ -270,8 +276,13 @@ class GenerationEngine:
             self.finish(job, cancelled=True)
             self.announce_positions()
 
-    async def aclose(self) -> None:
-        """Cancels every job and waits for the workers to stop (within one step)."""
+    async def aclose(self, grace: float | None = WORKER_STOP_SECONDS) -> None:
+        """Cancels every job and waits for the workers to stop (within one step), at most
+        `grace` seconds in all (None: for good).
+
+        A worker still loading a model when the time is up is abandoned: loads cannot
+        be interrupted, and a daemon thread does not keep the process alive.
+        """
         self.queue.close()
         for job in self.queue.drain():
             self.finish(job, cancelled=True)
@@ -279,8 +290,18 @@ class GenerationEngine:
             active = list(self._active)
         for job in active:
             job.cancel()
+        until = None if grace is None else time.monotonic() + grace
         for worker in self._workers:
-            await asyncio.to_thread(worker.join)
+            left = None if until is None else max(until - time.monotonic(), 0.0)
+            await asyncio.to_thread(worker.join, left)
+            if worker.is_alive():
+                log.warning(
+                    "stopping without waiting for %s: %s",
+                    worker.name,
+                    f"it is loading model {worker.loading}"
+                    if worker.loading
+                    else "its batch did not stop in time",
+                )
 
 
-__all__ = ["GenerationEngine"]
+__all__ = ["WORKER_STOP_SECONDS", "GenerationEngine"]

@@ -1,9 +1,11 @@
 """A worker thread per device: it owns that device's pipelines and runs batches on them.
 
-It loads (and warms up) the models it hosts, takes batches of compatible jobs
-from the fair queue and runs each as one pipeline call with a generator per
-image, reports progress from the step callback, checks the images before they
-are delivered, and recovers from running out of device memory: a batch is
+It loads (and warms up) the models it hosts, with the output checker in the
+first model's dtype, takes batches of compatible jobs from the fair queue and
+runs each as one pipeline call with a generator per image, reports progress
+from the step callback (preview frames: a latent snapshot there, the JPEG on
+the worker's preview thread, events kept in step order), checks the images
+before they are delivered, and recovers from running out of device memory: a batch is
 retried one job at a time (and its size is not gathered again for a while), a
 job alone fails with RESOURCE_EXHAUSTED, and the device's cache is released
 once the failed call's traceback is gone. A batch the memory guard predicts
@@ -14,10 +16,12 @@ What it needs of the engine is `WorkerHost`, nothing more.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
 from PIL import Image
@@ -30,7 +34,8 @@ from pixelgate.server.engine.jobs import Job
 from pixelgate.server.engine.memory_guard import MemoryGuard
 from pixelgate.server.engine.step_timing import CallClock, CallTime, Shape, StepTimer
 from pixelgate.server.models.device import DeviceMemory, is_out_of_memory, module_bytes
-from pixelgate.server.models.previews import preview_jpeg
+from pixelgate.server.models.latent_formats import LatentFormat, latent_format_for
+from pixelgate.server.models.previews import LatentSnapshot, preview_jpeg, snapshot_latent
 from pixelgate.server.models.registry import ModelRegistry, ModelState, RegisteredModel
 from pixelgate.server.models.runtime import Latents, ModelLoader, ModelRuntime, PipelineBatch
 from pixelgate.server.models.safety import CheckerFactory, OutputChecker
@@ -132,6 +137,10 @@ class Worker(threading.Thread):
         self._checker: OutputChecker | Exception | None = None
         self._hosted = {model.id for model in host.registry.hosted_on(device)}
         self._failed: set[str] = set()
+        # One thread: preview frames are encoded off the denoising thread, in order.
+        self._previews = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-previews")
+        self.loading: str | None = None
+        """The model this worker is loading now, if any (shutdown may abandon it)."""
 
     def hosts(self, model_id: str) -> bool:
         """True for the models this worker holds, or will load, and has not failed to."""
@@ -139,6 +148,12 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         """Preloads its models, then runs batches until the queue closes."""
+        try:
+            self._serve()
+        finally:
+            self._previews.shutdown(wait=True)
+
+    def _serve(self) -> None:
         host = self._host
         for model in sorted(
             host.registry.hosted_on(self.device),
@@ -207,8 +222,12 @@ class Worker(threading.Thread):
             return runtime
         host = self._host
         host.registry.set_state(model.id, self.key, ModelState.LOADING)
+        self.loading = model.id
         try:
             runtime = host.loader(model.settings, self.device)
+            # With the model, in its dtype: never on the first caller's time, never
+            # float32 beside a float16 model.
+            self._load_output_checker(getattr(runtime, "dtype", "") or "float32")
             host.memory.describe_model(
                 model.id,
                 runtime.weights_bytes,
@@ -225,6 +244,8 @@ class Worker(threading.Thread):
             if overall is ModelState.FAILED:
                 host.fail_waiting(model.id)
             raise Unavailable(f"model {model.id} failed to load") from None
+        finally:
+            self.loading = None
         self._runtimes[model.id] = runtime
         host.registry.set_state(
             model.id,
@@ -273,21 +294,27 @@ class Worker(threading.Thread):
         )
         clock = CallClock()
         produced = runtime.run(batch, lambda step, total, latents: clock.step())
-        # The safety check is part of every real call's fixed cost (and loads now, not
-        # in the first caller's time). A checker that fails is reported when used.
+        # The safety check is part of every real call's fixed cost. A checker that
+        # fails is reported when used.
         with contextlib.suppress(Exception):
             self._output_checker().flagged(produced)
         return clock.measure(steps)
 
+    def _load_output_checker(self, dtype: str) -> None:
+        """Loads the checker once per worker (in the first model's dtype); a failure is
+        remembered and reported to the callers whose images it would check."""
+        if self._checker is not None:
+            return
+        try:
+            self._checker = self._host.checker_factory(self.device, dtype)
+            self._host.memory.checker_loaded(self.device, module_bytes(self._checker))
+        except Exception as error:  # remembered: no reload attempt per image
+            log.exception("the output checker failed to load on %s", self.device)
+            self._checker = error
+
     def _output_checker(self) -> OutputChecker:
-        if self._checker is None:
-            try:
-                self._checker = self._host.checker_factory(self.device)
-                self._host.memory.checker_loaded(self.device, module_bytes(self._checker))
-            except Exception as error:  # remembered: no reload attempt per image
-                log.exception("the output checker failed to load on %s", self.device)
-                self._checker = error
-        if isinstance(self._checker, Exception):
+        self._load_output_checker("float32")  # loaded with the model: a no-op by now
+        if self._checker is None or isinstance(self._checker, Exception):
             raise Unavailable("the image safety check is unavailable") from None
         return self._checker
 
@@ -331,9 +358,16 @@ class Worker(threading.Thread):
             height=request.height,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
-            want_latents=runtime.latent_channels == 4
-            and any(job.request.preview_every for job in members),
         )
+        latent_format = latent_format_for(
+            getattr(runtime, "pipeline_name", ""), runtime.latent_channels
+        )
+        previewed = {job for job in members if job.request.preview_every and latent_format}
+        if previewed:
+            batch = dataclasses.replace(batch, want_latents=True)
+        # Progress of a job with previews goes through the preview thread, so that
+        # its events stay in step order; the call's end waits for them.
+        sent: list[Future[None]] = []
         clock = CallClock()
         started = clock.started
 
@@ -351,17 +385,28 @@ class Worker(threading.Thread):
                 if step <= job.steps_reported:
                     continue
                 job.steps_reported = step
-                every = job.request.preview_every
-                preview = None
-                if latents is not None and every and step % every == 0:
-                    preview = preview_jpeg(latents[offsets[job]])
-                job.emit(StepDone(step=step, total=total, eta=remaining, preview_jpeg=preview))
+                progress = StepDone(step=step, total=total, eta=remaining)
+                if job not in previewed or latent_format is None:
+                    job.emit(progress)
+                    continue
+                snapshot = None
+                if latents is not None and step % job.request.preview_every == 0:
+                    # A copy queued on the device, no wait: the GPU runs on.
+                    snapshot = snapshot_latent(latents[offsets[job]])
+                sent.append(
+                    self._previews.submit(
+                        _emit_progress, job.emit, progress, snapshot, latent_format
+                    )
+                )
 
         shape = Shape(request.model_id, request.width, request.height, len(batch.seeds))
         self._device_memory.reset_peak(self.device)
         out_of_memory = False
         try:
-            images = runtime.run(batch, on_step)
+            try:
+                images = runtime.run(batch, on_step)
+            finally:
+                wait(sent)  # every progress event out before the call's outcome
         except GenerationCancelled:
             for job in members:
                 host.finish(job, cancelled=True)
@@ -446,6 +491,23 @@ class Worker(threading.Thread):
                 " or fewer images"
             ),
         )
+
+
+def _emit_progress(
+    emit: Callable[[StepDone], None],
+    progress: StepDone,
+    snapshot: LatentSnapshot | None,
+    latent_format: LatentFormat,
+) -> None:
+    """On the preview thread: encodes the frame (if one is due) and sends the progress."""
+    if snapshot is not None:
+        try:
+            frame = preview_jpeg(snapshot, latent_format)
+        except Exception:  # a preview is a nicety: the progress goes out without it
+            log.exception("a preview frame failed")
+        else:
+            progress = dataclasses.replace(progress, preview_jpeg=frame)
+    emit(progress)
 
 
 def _shape_args(shape: Shape) -> tuple[str, int, int, int]:

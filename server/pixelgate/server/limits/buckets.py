@@ -5,7 +5,8 @@ A Limit (core/quota.py) is a bucket of `capacity` units refilled at
 would. Backends hold the buckets: in this process (the default), or in Redis
 so that replicas share one budget (`redis_backend.py`, chosen by app.py).
 The Limiter in front of a backend decides what a backend failure means:
-refuse (fail closed, the default) or let the call through (fail open).
+refuse (fail closed, the default) or let the call through (fail open); the
+same holds for callers' concurrency slots, which live where the buckets do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from typing import Protocol
 
 from pixelgate.server.core.errors import Unavailable
 from pixelgate.server.core.quota import Decision, Limit
+from pixelgate.server.limits.concurrency_slots import (
+    ConcurrencySlots,
+    HoldsSlots,
+    MemorySlots,
+    SlotLease,
+)
 
 log = logging.getLogger("pixelgate.ratelimit")
 
@@ -142,6 +149,11 @@ class Limiter:
         self._fail_open = fail_open
         self.observer = observer
         """Told whether each backend call got an answer; None = nobody."""
+        self.slots: ConcurrencySlots = (
+            backend.slots if isinstance(backend, HoldsSlots) else MemorySlots()
+        )
+        """Callers' concurrency slots: the backend's when it shares them, else this process's."""
+        self._local_slots = MemorySlots()  # failing open, the cap still holds per replica
 
     def decided_now(self, key: str, limit: Limit, cost: float = 1.0) -> Decision | None:
         """The decision, when the buckets are in this process (no I/O, cannot fail);
@@ -158,7 +170,8 @@ class Limiter:
         except BackendUnavailable as error:
             if self.observer is not None:
                 self.observer.observed(False)
-            return self._on_failure(limit, error)
+            self._on_failure(error)
+            return Decision.unknown(limit)
         if self.observer is not None:
             self.observer.observed(True)
         return decision
@@ -172,10 +185,41 @@ class Limiter:
         except BackendUnavailable as error:
             log.warning("rate-limit refund lost: %s", error)
 
-    def _on_failure(self, limit: Limit, error: BackendUnavailable) -> Decision:
+    async def acquire_slot(self, key: str, cap: int) -> SlotLease | None:
+        """A lease on one of `key`'s `cap` slots, None when all are held. On backend
+        failure: UNAVAILABLE, or (failing open) a slot counted in this process alone."""
+        try:
+            lease = await self.slots.acquire(key, cap)
+        except BackendUnavailable as error:
+            if self.observer is not None:
+                self.observer.observed(False)
+            self._on_failure(error)
+            local = await self._local_slots.acquire(key, cap)
+            return None if local is None else SlotLease(key, local, self._local_slots)
+        if self.observer is not None:
+            self.observer.observed(True)
+        return None if lease is None else SlotLease(key, lease, self.slots)
+
+    async def renew_slot(self, lease: SlotLease) -> None:
+        """Keeps `lease` from lapsing; a failure is logged, and the lease may lapse."""
+        try:
+            if not await lease.store.renew(lease.key, lease.id):
+                log.warning("concurrency slot lapsed before its generation ended")
+        except BackendUnavailable as error:
+            log.warning("concurrency slot renewal failed: %s", error)
+
+    async def release_slot(self, lease: SlotLease) -> None:
+        """Frees `lease`; a backend failure only leaves it to lapse."""
+        try:
+            await lease.store.release(lease.key, lease.id)
+        except BackendUnavailable as error:
+            log.warning("concurrency slot release failed, left to lapse: %s", error)
+
+    def _on_failure(self, error: BackendUnavailable) -> None:
+        """Returns when failing open; raises UNAVAILABLE when failing closed."""
         if self._fail_open:
             log.warning("rate-limit backend failed, letting the call through: %s", error)
-            return Decision.unknown(limit)
+            return
         log.warning("rate-limit backend failed, refusing the call: %s", error)
         raise Unavailable("rate limiting is unavailable; retry shortly")
 

@@ -4,12 +4,15 @@ A request's cost grows with width x height x steps x images and the model's
 cost factor, in units of one 512x512 step of a factor-1 model. Each caller
 has a cost bucket and a cap on generations in flight; a request costing
 more than the whole bucket is refused outright, and the cost of steps a
-cancelled or failed generation never ran is given back.
+cancelled or failed generation never ran is given back. The cap holds across
+the fleet when limits live in Redis: each slot is a lease, renewed while its
+generation runs and lapsing if its replica dies.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pixelgate.server.core.generation import GenerationRequest
 from pixelgate.server.core.principal import Principal
 from pixelgate.server.core.quota import Decision, Limit
 from pixelgate.server.limits.buckets import Limiter
+from pixelgate.server.limits.concurrency_slots import SlotLease
 from pixelgate.server.limits.quota_fields import beyond_capacity, over_limit
 
 UNIT_PIXELS = 512 * 512
@@ -64,7 +68,6 @@ class GpuQuota:
         self.limit = limit
         self._costs = costs
         self._max_concurrent = max_concurrent
-        self._in_flight: Counter[str] = Counter()
 
     @asynccontextmanager
     async def admit(
@@ -75,12 +78,14 @@ class GpuQuota:
         if cost > self.limit.capacity:
             raise beyond_capacity(self.limit, cost, who="caller", unit="GPU cost units")
         key = principal.key
-        if self._in_flight[key] >= self._max_concurrent:
+        # Taken before the cost: no two calls slip past the cap while the cost is weighed.
+        lease = await self._limiter.acquire_slot(key, self._max_concurrent)
+        if lease is None:
             raise ResourceExhausted(
                 f"at most {self._max_concurrent} generations per caller at once;"
                 " wait for one to finish"
             )
-        self._in_flight[key] += 1  # held before the await: no two calls slip past the cap
+        renewal = self._keep_renewed(lease)
         try:
             decision = await self._limiter.take(key, self.limit, cost)
             if not decision.allowed:
@@ -91,9 +96,24 @@ class GpuQuota:
             finally:
                 await self._limiter.give_back(key, self.limit, charge.unused)
         finally:
-            self._in_flight[key] -= 1
-            if not self._in_flight[key]:
-                del self._in_flight[key]
+            if renewal is not None:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+            await self._limiter.release_slot(lease)
+
+    def _keep_renewed(self, lease: SlotLease) -> asyncio.Task[None] | None:
+        """A task renewing `lease` until cancelled; None when leases never lapse."""
+        every = lease.store.renew_every
+        if every is None:
+            return None
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self._limiter.renew_slot(lease)
+
+        return asyncio.create_task(renew(), name="pixelgate-slot-renewal")
 
 
 __all__ = ["UNIT_PIXELS", "Charge", "CostModel", "GpuQuota"]

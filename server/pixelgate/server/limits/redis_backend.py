@@ -4,7 +4,8 @@ Each bucket is a hash (tokens, updated) changed by one Lua script, which Redis
 runs atomically; the time is Redis's own (`TIME`), so replicas with skewed
 clocks still agree. Keys expire once their bucket would be full again. Any
 Redis error or timeout becomes BackendUnavailable, and the Limiter decides
-whether that fails closed or open.
+whether that fails closed or open. The same Redis holds the callers'
+concurrency slots as expiring leases (`slots`, redis_slots.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 
 from pixelgate.server.core.quota import Decision, Limit
 from pixelgate.server.limits.buckets import BackendUnavailable
+from pixelgate.server.limits.redis_slots import RedisSlots
 
 MAX_CONNECTIONS = 32
 """Connections to Redis per server process."""
@@ -67,6 +69,7 @@ class RedisBackend:
         timeout_seconds: float = 0.5,
         pinned_time: float | None = None,
         probe_client: redis.Redis | None = None,
+        slot_lease_seconds: float = 30.0,
     ) -> None:
         self._client = client
         self._probe_client = probe_client or client
@@ -75,10 +78,25 @@ class RedisBackend:
         self._timeout = timeout_seconds
         self.pinned_time = pinned_time
         """Tests set this to stand in for Redis's clock; None uses Redis TIME."""
+        self.slots = RedisSlots(
+            client,
+            key_prefix=key_prefix,
+            lease_seconds=slot_lease_seconds,
+            timeout_seconds=timeout_seconds,
+        )
+        """Callers' concurrency slots, as leases every replica sees."""
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str, timeout_seconds: float) -> RedisBackend:
-        """A backend on the Redis at `url` (redis:// or rediss://)."""
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str,
+        timeout_seconds: float,
+        slot_lease_seconds: float = 30.0,
+    ) -> RedisBackend:
+        """A backend on the Redis at `url` (redis:// or rediss://); slots lapse after
+        `slot_lease_seconds` without renewal."""
         # A blocking pool: a burst of calls waits briefly for a connection
         # (within the timeout) instead of failing for want of one.
         pool = redis.BlockingConnectionPool.from_url(
@@ -98,6 +116,7 @@ class RedisBackend:
             key_prefix=key_prefix,
             timeout_seconds=timeout_seconds,
             probe_client=probe,
+            slot_lease_seconds=slot_lease_seconds,
         )
 
     def _key(self, key: str, limit: Limit) -> str:

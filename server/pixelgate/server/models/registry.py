@@ -12,6 +12,7 @@ load is reported; the others serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
 import threading
@@ -141,9 +142,7 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
                     hosting_devices(settings, devices),
                     tokenizer,
                     weights_estimate=weights_to_load(
-                        resolve_source(settings, cache_dir),
-                        # The variant setting, once the configuration has one.
-                        getattr(settings, "variant", None),
+                        resolve_source(settings, cache_dir), settings.variant
                     ),
                 )
             )
@@ -196,11 +195,13 @@ class ModelRegistry(Mapping[str, RegisteredModel]):
             model.dtype = dtype or model.dtype
             self.version += 1
             overall = model.state
-        if self._loop is not None:
-            if overall is ModelState.READY and model._ready is not None:
-                self._loop.call_soon_threadsafe(model._ready.set)
-            if overall in (ModelState.READY, ModelState.FAILED) and model._settled is not None:
-                self._loop.call_soon_threadsafe(model._settled.set)
+        if self._loop is not None and not self._loop.is_closed():
+            # A load abandoned at shutdown may end after the loop has closed: nobody waits.
+            with contextlib.suppress(RuntimeError):
+                if overall is ModelState.READY and model._ready is not None:
+                    self._loop.call_soon_threadsafe(model._ready.set)
+                if overall in (ModelState.READY, ModelState.FAILED) and model._settled is not None:
+                    self._loop.call_soon_threadsafe(model._settled.set)
         return overall
 
     def check_servable(self, model_id: str) -> None:
