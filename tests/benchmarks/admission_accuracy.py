@@ -9,8 +9,9 @@ first Queued event. Prints, per estimator, the median and worst relative
 error of the estimate against the real time to finish, and how many jobs
 admission would have refused wrongly had each caller allowed SLACK x what
 the job really took (new: eta x (1 - margin) > deadline; old: eta > deadline).
-`--baseline REF` runs the same workload on the engine of a git revision
-(the commit before the estimator changed) for comparison.
+`--baseline REF` runs the same workload on the engine of a git revision for
+comparison; the revision must have today's package layout (from 8b0ead1 on),
+since the workload imports the engine by its module paths.
 
     .venv/bin/python tests/benchmarks/admission_accuracy.py [--baseline REF] [--rounds 2]
 """
