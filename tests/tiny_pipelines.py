@@ -16,10 +16,16 @@ from pixelgate.server.models.tiny_model import ensure_tiny_model
 
 
 def flag_everything_checker() -> tuple[Any, Any]:
-    """A tiny random StableDiffusionSafetyChecker that flags every image, and its extractor.
+    """A tiny random StableDiffusionSafetyChecker that flags every image, and its extractor."""
+    return tiny_safety_checker(threshold=-10.0)
 
-    An image is flagged when cosine(image, concept) - threshold > 0; cosines lie in
-    [-1, 1], so a threshold of -10 flags all.
+
+def tiny_safety_checker(threshold: float) -> tuple[Any, Any]:
+    """A tiny random StableDiffusionSafetyChecker whose concept thresholds are all
+    `threshold`, and its feature extractor.
+
+    An image is flagged when cosine(image, concept) - threshold > 0 for any concept;
+    cosines lie in [-1, 1], so -10 flags every image and +10 none.
     """
     from diffusers.pipelines.stable_diffusion.safety_checker import (
         StableDiffusionSafetyChecker,
@@ -51,8 +57,8 @@ def flag_everything_checker() -> tuple[Any, Any]:
         torch.manual_seed(0)
         checker = StableDiffusionSafetyChecker(config)
     with torch.no_grad():
-        checker.concept_embeds_weights.fill_(-10.0)
-        checker.special_care_embeds_weights.fill_(-10.0)
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
     extractor = CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )

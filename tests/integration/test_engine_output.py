@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 from PIL import Image
+from tiny_pipelines import tiny_safety_checker
 
 from pixelgate.client import (
     ServerError,
@@ -179,47 +179,10 @@ def test_the_python_client_reports_a_filtered_image_as_filtered_not_as_corrupt(
 
 
 def _safety_checker_dir(directory: Path, threshold: float) -> Path:
-    """A tiny random CLIP safety checker whose concept thresholds are all `threshold`.
-
-    The checker flags an image when cosine(image, concept) - threshold > 0 for any
-    concept; a cosine lies in [-1, 1], so -10 flags everything and +10 nothing.
-    """
-    from diffusers.pipelines.stable_diffusion.safety_checker import (
-        StableDiffusionSafetyChecker,
-    )
-    from transformers import CLIPConfig, CLIPImageProcessor
-
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "vocab_size": 100,
-            "bos_token_id": 98,
-            "eos_token_id": 99,
-            "pad_token_id": 99,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 4,
-        },
-        projection_dim=32,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        checker = StableDiffusionSafetyChecker(config)
-    with torch.no_grad():
-        checker.concept_embeds_weights.fill_(threshold)
-        checker.special_care_embeds_weights.fill_(threshold)
+    """A tiny random CLIP safety checker saved to `directory` (see tiny_safety_checker)."""
+    checker, extractor = tiny_safety_checker(threshold)
     checker.save_pretrained(directory)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(directory)
+    extractor.save_pretrained(directory)
     return directory
 
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,9 +50,27 @@ def write_tokenizer_files(directory: Path) -> int:
     return len(vocab)
 
 
+def tiny_vae(*, force_upcast: bool = True) -> Any:
+    """A tiny random AutoencoderKL with Stable Diffusion's shape: four blocks, so the
+    latent is 1/8 of the image, four latent channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+        force_upcast=force_upcast,
+    )
+
+
 def _build(directory: Path) -> None:
     from diffusers import (
-        AutoencoderKL,
         DDIMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -78,18 +97,7 @@ def _build(directory: Path) -> None:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            # Four blocks: the latent is 1/8 of the image, as in Stable Diffusion.
-            block_out_channels=(32, 32, 32, 32),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=64,
-        )
+        vae = tiny_vae()
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=vocab_size,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pixelgate.server.models.tiny_model import ensure_built, write_tokenizer_files
+from pixelgate.server.models.tiny_model import ensure_built, tiny_vae, write_tokenizer_files
 
 TINY_SDXL_NAME = "tiny-sdxl-v1"
 """Bump when the architecture below changes, so caches rebuild."""
@@ -43,7 +43,6 @@ def _text_config(vocab_size: int) -> object:
 
 def _build(directory: Path) -> None:
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -81,18 +80,7 @@ def _build(directory: Path) -> None:
             projection_class_embeddings_input_dim=_TIME_IDS * _TIME_EMBED + _HIDDEN,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 32, 32, 32),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=64,
-            force_upcast=True,  # as SDXL's VAE: decoded in float32 under float16
-        )
+        vae = tiny_vae(force_upcast=True)  # as SDXL's VAE: decoded in float32 under float16
         text_encoder = CLIPTextModel(_text_config(vocab_size))
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size))
     scheduler = EulerDiscreteScheduler(
