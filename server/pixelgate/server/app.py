@@ -225,11 +225,18 @@ class RunningServer:
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds;
-        the probe listener closes last, so probes see NOT_SERVING while the rest drains."""
+        the probe listener closes last, so probes see NOT_SERVING while the rest drains.
+
+        Jobs still waiting in the queue do not wait out the grace: they end at once with
+        ReplicaBusy (UNAVAILABLE with `grpc-retry-pushback-ms`). A caller already sent its
+        queue position (or the quota headers) is past gRPC's transparent retry, which
+        stops at the first response: it sees the status and may retry it itself.
+        """
         stopping = time.monotonic()
         for task in self.background:
             task.cancel()
         await self.health.enter_graceful_shutdown()
+        self.engine.drain()  # no new jobs; waiting ones go elsewhere; running ones finish
         await self.server.stop(grace)
         # The workers get what is left of the grace (a model still loading is abandoned:
         # a load cannot be interrupted), and at least a moment to finish their step.

@@ -43,6 +43,9 @@ log = logging.getLogger("pixelgate.engine")
 WORKER_STOP_SECONDS = 30.0
 """How long closing the engine waits for its workers unless told (a shutdown's grace)."""
 
+DRAINING_MESSAGE = "this replica is shutting down; retry on another"
+"""What a job refused or ended unstarted by a draining engine is told (with ReplicaBusy)."""
+
 
 def _batch_shape(jobs: Sequence[Job]) -> Shape:
     first = jobs[0].request
@@ -89,6 +92,7 @@ class GenerationEngine:
         self._active: set[Job] = set()
         self._running: dict[Worker, _RunningBatch] = {}
         self._lock = threading.RLock()
+        self._draining = False
 
     async def start(self) -> None:
         """Starts one worker per device; preloaded models begin loading."""
@@ -116,6 +120,8 @@ class GenerationEngine:
         A held job keeps its place but starts only after `release(job)`: the
         caller can be answered first, without a busy worker in its way.
         """
+        if self._draining:
+            raise ReplicaBusy(DRAINING_MESSAGE)
         self.registry.check_servable(request.model_id)
         self.memory.check(request.model_id, request.width, request.height, len(request.seeds))
         loop = asyncio.get_running_loop()
@@ -276,6 +282,23 @@ class GenerationEngine:
             self.finish(job, cancelled=True)
             self.announce_positions()
 
+    def drain(self) -> None:
+        """Takes no new jobs and ends every waiting one with ReplicaBusy; on the loop.
+
+        The first step of a shutdown: running jobs go on to their end, while the
+        callers of jobs that have not started are told at once (UNAVAILABLE with
+        pushback) to try another replica, rather than waiting out the grace
+        period. Submitting raises ReplicaBusy from now on. A running job retried
+        after running out of memory still goes back to the queue and runs.
+        """
+        with self._lock:
+            self._draining = True
+        drained = self.queue.remove_where(lambda job: not job.started)
+        for job in drained:
+            self.finish(job, error=ReplicaBusy(DRAINING_MESSAGE))
+        if drained:
+            log.info("draining: %d waiting jobs sent to other replicas", len(drained))
+
     async def aclose(self, grace: float | None = WORKER_STOP_SECONDS) -> None:
         """Cancels every job and waits for the workers to stop (within one step), at most
         `grace` seconds in all (None: for good).
@@ -304,4 +327,4 @@ class GenerationEngine:
                 )
 
 
-__all__ = ["WORKER_STOP_SECONDS", "GenerationEngine"]
+__all__ = ["DRAINING_MESSAGE", "WORKER_STOP_SECONDS", "GenerationEngine"]
