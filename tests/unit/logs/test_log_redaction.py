@@ -30,11 +30,25 @@ GENERATE = "/pixelgate.v1.ImageService/GenerateImage"
 EXECUTE_BATCH_ERROR = f"ExecuteBatchError raised in core by servicer method [{GENERATE}]"
 """grpcio's message, formatted by grpcio before logging (no args), with a traceback."""
 
-PEM_KEY = (
-    "-----BEGIN PRIVATE KEY-----\n"
-    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgVcB8mQ4wTz3n0Wbc\n"
-    "-----END PRIVATE KEY-----"
-)
+
+def _fresh_pem_key() -> str:
+    """A private key generated for this run (none is committed), as PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+        .strip()
+    )
+
+
+PEM_KEY = _fresh_pem_key()
 
 
 @pytest.fixture
