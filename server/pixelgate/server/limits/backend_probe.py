@@ -52,11 +52,6 @@ class BackendProbe:
         self._reachable = True  # until a ping says otherwise
         self._wake = asyncio.Event()
 
-    @property
-    def reachable(self) -> bool:
-        """What the last ping found."""
-        return self._reachable
-
     def observed(self, reachable: bool) -> None:
         """What a call to the backend just saw. Only a ping decides (a call's failure may
         be its own, a busy pool say); a call that disagrees with it asks for one now."""

@@ -74,9 +74,5 @@ class MemorySlots:
         if self._held[key] <= 0:
             del self._held[key]
 
-    def held(self, key: str) -> int:
-        """Slots `key` holds now."""
-        return self._held[key]
-
 
 __all__ = ["ConcurrencySlots", "HoldsSlots", "MemorySlots", "SlotLease"]

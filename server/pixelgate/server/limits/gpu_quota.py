@@ -12,7 +12,6 @@ generation runs and lapsing if its replica dies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -96,11 +95,14 @@ class GpuQuota:
             finally:
                 await self._limiter.give_back(key, self.limit, charge.unused)
         finally:
-            if renewal is not None:
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-            await self._limiter.release_slot(lease)
+            try:
+                if renewal is not None:
+                    renewal.cancel()
+                    # Waits for the task to end without re-raising what ended it, and
+                    # without swallowing a cancellation of this call itself.
+                    await asyncio.wait([renewal])
+            finally:
+                await self._limiter.release_slot(lease)
 
     def _keep_renewed(self, lease: SlotLease) -> asyncio.Task[None] | None:
         """A task renewing `lease` until cancelled; None when leases never lapse."""
