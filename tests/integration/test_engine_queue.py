@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import threading
@@ -31,6 +32,20 @@ def _wait_until_queued(engine, count: int) -> None:
         return len(order) == count and not any(job.held for job in order)
 
     wait_for(settled, what=f"{count} released jobs in the queue")
+
+
+@contextlib.contextmanager
+def _worker_held(fake: FakeRuntime, busy: Any, *, started_calls: int = 1) -> Iterator[Any]:
+    """Holds the only worker on a one-step job of `busy` while the body queues other jobs;
+    the gate opens when the body ends. Yields the blocker's stream."""
+    fake.gate.clear()
+    try:
+        blocker = busy.stream("occupies the worker", steps=1, seed=1)
+        next(blocker)
+        wait_for(lambda: len(fake.calls) == started_calls, what="the blocker started")
+        yield blocker
+    finally:
+        fake.gate.set()
 
 
 def _drain(streams: Sequence[Iterator[Any]]) -> list[list[Any]]:
@@ -189,11 +204,7 @@ def test_batched_images_match_the_same_seeds_generated_alone(
     gated = FakeRuntime(copy.deepcopy(tiny_model))
     server = start_server(loader=lambda settings, device: gated)
     busy, fox, bird, wide = _callers(server, connect, mint, 4)
-    gated.gate.clear()
-    try:
-        blocker = busy.stream("occupies the worker", steps=1, seed=1)
-        next(blocker)
-        wait_for(lambda: len(gated.calls) == 1, what="the first job started")
+    with _worker_held(gated, busy) as blocker:
         streams = [
             fox.stream("a red fox", steps=3, seed=500),
             bird.stream("a blue bird", steps=3, seed=600, num_images=2),
@@ -202,8 +213,6 @@ def test_batched_images_match_the_same_seeds_generated_alone(
         for stream in streams:
             next(stream)
         _wait_until_queued(server.running.engine, 3)
-    finally:
-        gated.gate.set()
     _, fox_events, bird_events, wide_events = _drain([blocker, *streams])
 
     assert sorted(map(sorted, gated.calls[1:])) == [[500, 600, 601], [700]]
@@ -231,11 +240,7 @@ def test_a_cancelled_batch_member_does_not_disturb_the_others(
     server = start_server(loader=lambda settings, device: gated)
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, 4)
-    gated.gate.clear()
-    try:
-        blocker = busy.stream("occupies the worker", steps=1, seed=1)
-        next(blocker)
-        wait_for(lambda: len(gated.calls) == 1, what="the first job started")
+    with _worker_held(gated, busy) as blocker:
         leaver, *stayers = [
             client.stream("a lighthouse", steps=30, seed=seed)
             for client, seed in zip(callers, (11, 22, 33), strict=True)
@@ -243,8 +248,6 @@ def test_a_cancelled_batch_member_does_not_disturb_the_others(
         for stream in (leaver, *stayers):
             next(stream)
         _wait_until_queued(server.running.engine, 3)
-    finally:
-        gated.gate.set()
     list(blocker)
     for event in leaver:
         if isinstance(event, pb.Progress) and event.step >= 2:
@@ -315,11 +318,7 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_job_at_a_time(start_serv
     server = start_server(loader=lambda settings, device: fake, engine={"warmup": False})
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, 4)
-    fake.gate.clear()
-    try:
-        blocker = busy.stream("occupies the worker", steps=1, seed=1)
-        next(blocker)
-        wait_for(lambda: len(fake.calls) == 1, what="the first job started")
+    with _worker_held(fake, busy) as blocker:
         streams = [
             client.stream("a fox", steps=2, seed=seed)
             for client, seed in zip(callers, (7, 8, 9), strict=True)
@@ -327,8 +326,6 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_job_at_a_time(start_serv
         for stream in streams:
             next(stream)
         _wait_until_queued(server.running.engine, 3)
-    finally:
-        fake.gate.set()
     _, *results = _drain([blocker, *streams])
 
     assert sorted(fake.calls[1]) == [7, 8, 9]
@@ -355,11 +352,7 @@ def test_a_job_retried_after_running_out_of_memory_counts_once_and_never_steps_b
     server = start_server(loader=lambda settings, device: fake, engine={"warmup": False})
     stats = server.running.engine.stats
     busy, *callers = _callers(server, connect, mint, 4)
-    fake.gate.clear()
-    try:
-        blocker = busy.stream("occupies the worker", steps=1, seed=1)
-        next(blocker)
-        wait_for(lambda: len(fake.calls) == 1, what="the first job started")
+    with _worker_held(fake, busy) as blocker:
         streams = [
             client.stream("a fox", steps=4, seed=seed)
             for client, seed in zip(callers, (7, 8, 9), strict=True)
@@ -367,8 +360,6 @@ def test_a_job_retried_after_running_out_of_memory_counts_once_and_never_steps_b
         for stream in streams:
             next(stream)
         _wait_until_queued(server.running.engine, 3)
-    finally:
-        fake.gate.set()
     _, *results = _drain([blocker, *streams])
 
     assert sorted(fake.calls[2:]) == [(7,), (8,), (9,)]  # the batch of three was retried
@@ -530,19 +521,13 @@ def test_compatible_jobs_whose_deadline_fits_one_batch_are_all_admitted_and_fini
     one_run = time.monotonic() - started
     deadline = 0.6 * BATCH * one_run  # well short of eight runs one after another
 
-    gated.gate.clear()
-    try:
-        blocker = busy.stream("occupies the worker", steps=1, seed=1)
-        next(blocker)
-        wait_for(lambda: len(gated.calls) == 2, what="the blocker started")
+    with _worker_held(gated, busy, started_calls=2) as blocker:
         streams = [
             client.stream("a lighthouse", steps=BATCH_STEPS, seed=10 + i, timeout=deadline)
             for i, client in enumerate(callers)
         ]
         heads = [next(stream) for stream in streams]  # a refusal raises here
         _wait_until_queued(server.running.engine, BATCH)
-    finally:
-        gated.gate.set()
     _, *results = _drain([blocker, *streams])
 
     assert all(head.state == pb.Progress.STATE_QUEUED for head in heads)

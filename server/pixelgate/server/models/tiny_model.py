@@ -50,6 +50,25 @@ def write_tokenizer_files(directory: Path) -> int:
     return len(vocab)
 
 
+def tiny_text_config(vocab_size: int, **extra: Any) -> Any:
+    """A tiny CLIP text encoder's config for the byte-level vocabulary (`extra`: e.g. the
+    projection size of SDXL's second encoder)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        **extra,
+    )
+
+
 def tiny_vae(*, force_upcast: bool = True) -> Any:
     """A tiny random AutoencoderKL with Stable Diffusion's shape: four blocks, so the
     latent is 1/8 of the image, four latent channels."""
@@ -75,7 +94,7 @@ def _build(directory: Path) -> None:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer_dir = directory / "_tokenizer_source"
     tokenizer_dir.mkdir()
@@ -98,19 +117,7 @@ def _build(directory: Path) -> None:
             norm_num_groups=32,
         )
         vae = tiny_vae()
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1,
-                pad_token_id=vocab_size - 1,
-            )
-        )
+        text_encoder = CLIPTextModel(tiny_text_config(vocab_size))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

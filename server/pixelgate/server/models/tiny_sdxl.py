@@ -14,7 +14,12 @@ from pathlib import Path
 
 import torch
 
-from pixelgate.server.models.tiny_model import ensure_built, tiny_vae, write_tokenizer_files
+from pixelgate.server.models.tiny_model import (
+    ensure_built,
+    tiny_text_config,
+    tiny_vae,
+    write_tokenizer_files,
+)
 
 TINY_SDXL_NAME = "tiny-sdxl-v1"
 """Bump when the architecture below changes, so caches rebuild."""
@@ -22,23 +27,6 @@ TINY_SDXL_NAME = "tiny-sdxl-v1"
 _HIDDEN = 32
 _TIME_EMBED = 8
 _TIME_IDS = 6  # original size, crop corner, target size: two numbers each
-
-
-def _text_config(vocab_size: int) -> object:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=_HIDDEN,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
 
 
 def _build(directory: Path) -> None:
@@ -81,8 +69,10 @@ def _build(directory: Path) -> None:
             norm_num_groups=32,
         )
         vae = tiny_vae(force_upcast=True)  # as SDXL's VAE: decoded in float32 under float16
-        text_encoder = CLIPTextModel(_text_config(vocab_size))
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size))
+        text_encoder = CLIPTextModel(tiny_text_config(vocab_size, projection_dim=_HIDDEN))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            tiny_text_config(vocab_size, projection_dim=_HIDDEN)
+        )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
