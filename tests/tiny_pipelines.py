@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
+from pixelgate.server.core.config import TINY_MODEL_DEFAULTS
 from pixelgate.server.models.tiny_model import ensure_tiny_model
+
+
+def tiny_model_entry(source: Path, **settings: Any) -> dict[str, Any]:
+    """A [[models]] entry for a tiny test pipeline saved in `source`: loaded through the
+    real path (a source), with the tiny model's sizes rather than a real model's."""
+    return {**TINY_MODEL_DEFAULTS, "source": str(source), **settings}
 
 
 def flag_everything_checker() -> tuple[Any, Any]:

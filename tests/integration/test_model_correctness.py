@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support import FakeRuntime, wait_for
-from tiny_pipelines import save_sd_with_checker
+from tiny_pipelines import save_sd_with_checker, tiny_model_entry
 
 from pixelgate.client import GeneratedImage
 from pixelgate.server.core.config import ModelSettings
@@ -78,7 +78,7 @@ def test_the_pipelines_own_checker_never_sends_a_black_image_as_complete(
     """With no output checker configured, the pipeline's checker does not blank the image."""
     server = start_server(
         loader=_real_loader(model_cache),
-        models=[{"source": str(sd_with_checker)}],
+        models=[tiny_model_entry(sd_with_checker)],
         engine={"warmup": False},
     )
     [image] = connect(server).generate("a red fox", steps=2, seed=4)
@@ -92,7 +92,7 @@ def test_the_pipelines_checker_asked_for_as_output_checker_reports_filtered(
     """safety.output_checker = "diffusers" on the pipeline's directory: flagged is FILTERED."""
     server = start_server(
         loader=_real_loader(model_cache),
-        models=[{"source": str(sd_with_checker)}],
+        models=[tiny_model_entry(sd_with_checker)],
         engine={"warmup": False},
         safety={"output_checker": "diffusers", "checker_source": str(sd_with_checker)},
     )
@@ -103,7 +103,7 @@ def test_the_pipelines_checker_asked_for_as_output_checker_reports_filtered(
 @pytest.fixture(scope="module")
 def tiny_sdxl(model_cache: Path) -> Any:
     """The tiny SDXL-shaped model, loaded back through from_pretrained (float32 on the CPU)."""
-    settings = ModelSettings(id="tiny-sdxl", source=str(ensure_tiny_sdxl(model_cache)))
+    settings = ModelSettings(**tiny_model_entry(ensure_tiny_sdxl(model_cache), id="tiny-sdxl"))
     return load_model(settings, "cpu", model_cache)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_pipelines import tiny_model_entry
 
 from pixelgate.server.models.latent_formats import (
     SD1_FORMAT,
@@ -44,7 +45,7 @@ def test_the_tiny_sdxl_model_previews_through_the_sdxl_matrix(model_cache: Path)
 
     source = ensure_tiny_sdxl(model_cache)
     model = load_model(
-        ModelSettings(source=str(source), pipeline="StableDiffusionXLPipeline"),
+        ModelSettings(**tiny_model_entry(source, pipeline="StableDiffusionXLPipeline")),
         "cpu",
         model_cache,
     )

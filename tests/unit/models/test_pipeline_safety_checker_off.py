@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_pipelines import save_sd_with_checker
+from tiny_pipelines import save_sd_with_checker, tiny_model_entry
 
 from pixelgate.server.core.config import ModelSettings
 from pixelgate.server.models.runtime import PipelineBatch, load_model
@@ -33,7 +33,9 @@ def _batch() -> PipelineBatch:
 
 def test_a_pipeline_shipped_with_a_safety_checker_loads_without_it(sd_with_checker):
     """Its checker would blacken flagged images, which would then be sent as COMPLETE."""
-    model = load_model(ModelSettings(source=str(sd_with_checker)), "cpu", Path("/nonexistent"))
+    model = load_model(
+        ModelSettings(**tiny_model_entry(sd_with_checker)), "cpu", Path("/nonexistent")
+    )
     assert model._pipeline.safety_checker is None
     [image] = model.run(_batch(), lambda step, total, latents: None)
     assert np.asarray(image).max() > 0  # not the black square a flagged image becomes
@@ -41,7 +43,9 @@ def test_a_pipeline_shipped_with_a_safety_checker_loads_without_it(sd_with_check
 
 def test_the_pipelines_checker_as_the_servers_output_checker_flags_the_image(sd_with_checker):
     """Asked for by name (safety.output_checker), the pipeline's checker gives the verdict."""
-    model = load_model(ModelSettings(source=str(sd_with_checker)), "cpu", Path("/nonexistent"))
+    model = load_model(
+        ModelSettings(**tiny_model_entry(sd_with_checker)), "cpu", Path("/nonexistent")
+    )
     images = model.run(_batch(), lambda step, total, latents: None)
     checker = DiffusersSafetyChecker(str(sd_with_checker), "cpu")
     assert checker.flagged(images) == [True]

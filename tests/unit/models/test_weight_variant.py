@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_pipelines import tiny_model_entry
 
 from pixelgate.server.core.config import ModelSettings
 from pixelgate.server.models.runtime import load_model
@@ -45,7 +46,7 @@ def fp16_only(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _conv_in(source: Path, variant: str | None) -> torch.Tensor:
-    settings = ModelSettings(source=str(source), variant=variant, dtype="float32")
+    settings = ModelSettings(**tiny_model_entry(source, variant=variant, dtype="float32"))
     model = load_model(settings, "cpu", Path("/nonexistent"))
     return model._pipeline.unet.conv_in.weight
 

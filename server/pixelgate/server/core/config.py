@@ -292,22 +292,40 @@ class PolicySettings(_Section):
 _CLASS_NAME = r"^[A-Z][A-Za-z0-9]{0,80}$"
 
 
+TINY_MODEL_DEFAULTS: dict[str, Any] = {
+    "id": "tiny-sd-test",
+    "description": (
+        "Tiny Stable-Diffusion-shaped test model with random weights (noise, not pictures)"
+    ),
+    "is_test_model": True,
+    "min_size": 64,
+    "max_width": 512,
+    "max_height": 512,
+    "default_width": 64,
+    "default_height": 64,
+    "default_steps": 10,
+}
+"""What a model with no `source` (the embedded tiny test model) defaults to, in place
+of the real-model defaults below: sizes a random 64x64 model serves in well under a
+second on a CPU, and the flag that tells callers its images are noise."""
+
+
 class ModelSettings(_Section):
     """A model the server runs and the request bounds it accepts.
 
-    The defaults describe the embedded tiny test model; a real model wants its
-    own sizes (512 for Stable Diffusion 1.x) and step counts.
+    The defaults describe a real Stable Diffusion 1.x-class model (512x512, 30 steps;
+    see README "Real models" for SD1.5 and SDXL entries). With no `source`, the model is
+    the embedded tiny test model and every bound it does not set takes
+    TINY_MODEL_DEFAULTS instead.
     """
 
-    id: str = Field(default="tiny-sd-test", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-    """The id callers put in GenerateImageRequest.model."""
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    """The id callers put in GenerateImageRequest.model (required with a `source`)."""
     source: str | None = None
     """A local directory or a hub id for `from_pretrained`; unset = the tiny test model."""
-    description: str = (
-        "Tiny Stable-Diffusion-shaped test model with random weights (noise, not pictures)"
-    )
+    description: str = ""
     """Shown in ListModels."""
-    is_test_model: bool = True
+    is_test_model: bool = False
     """Shown in ListModels; true when the weights are random."""
     pipeline: str | None = Field(default=None, pattern=_CLASS_NAME)
     """A diffusers pipeline class, e.g. "StableDiffusionXLPipeline"; unset = the Auto one."""
@@ -324,12 +342,12 @@ class ModelSettings(_Section):
     preload: bool = True
     """Load at start-up; false loads on first use (that request waits; a lazy default
     model leaves health SERVING from the start)."""
-    min_size: int = Field(default=64, ge=8)
-    max_width: int = Field(default=512, ge=8)
-    max_height: int = Field(default=512, ge=8)
-    default_width: int = Field(default=64, ge=8)
-    default_height: int = Field(default=64, ge=8)
-    default_steps: int = Field(default=10, ge=1)
+    min_size: int = Field(default=256, ge=8)
+    max_width: int = Field(default=1024, ge=8)
+    max_height: int = Field(default=1024, ge=8)
+    default_width: int = Field(default=512, ge=8)
+    default_height: int = Field(default=512, ge=8)
+    default_steps: int = Field(default=30, ge=1)
     max_steps: int = Field(default=100, ge=1)
     default_guidance_scale: float = Field(default=7.5, ge=0, le=30)
     cost_factor: float = Field(default=1.0, gt=0)
@@ -341,6 +359,14 @@ class ModelSettings(_Section):
     activation_mb_per_megapixel: float = Field(default=6000.0, gt=0)
     """Memory a one-megapixel image needs beyond the weights, for the memory guard
     (a starting estimate; on CUDA the engine learns the real figure)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tiny_model_defaults(cls, data: Any) -> Any:
+        # Before validation, so the bounds checks below see the tiny model's figures.
+        if isinstance(data, dict) and data.get("source") is None:
+            return {**TINY_MODEL_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _bounds_are_consistent(self) -> ModelSettings:
