@@ -258,7 +258,7 @@ async def start_server(
     model is ready (or has failed; then health stays NOT_SERVING and the rest serve).
 
     `loader` replaces how models load (tests share one loaded tiny model).
-    `interceptors=False` serves with no interceptor at all (mutual TLS still on):
+    `interceptors=False` serves with no chain at all (mutual TLS still on):
     only for measuring what the chain costs; it is not reachable from settings.
     """
     certificates = CertificateReloader(settings.tls)
@@ -326,7 +326,6 @@ async def start_server(
         ],
     )
     server = grpc.aio.server(
-        interceptors=[chain] if interceptors else [],
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
@@ -354,12 +353,14 @@ async def start_server(
     servicer = ImageServicer(
         generations, registry, stall_timeout=settings.stream_stall_timeout_seconds
     )
-    pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    # Every service registers through the chain, which wraps its handlers once.
+    services = chain.serving(server) if interceptors else server
+    pb_grpc.add_ImageServiceServicer_to_server(servicer, services)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         DocumentedReflectionServicer((SERVICE_NAME, *TOKENLESS_SERVICES), documented_files()),
-        server,
+        services,
     )
 
     port = server.add_secure_port(

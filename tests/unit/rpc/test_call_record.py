@@ -23,22 +23,17 @@ METHOD = "/pixelgate.v1.ImageService/ListModels"
 ALICE = Principal(issuer="https://issuer", subject="alice", scopes=frozenset())
 
 
-class Details:
-    """A grpc.HandlerCallDetails."""
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = (("authorization", "Bearer secret"),)
-
-
 class Context:
-    """What the audit wrapper reads from a call's context."""
+    """What the chain and the audit wrapper read from a call's context."""
 
     def __init__(self, peer: str) -> None:
         self._peer = peer
 
     def peer(self) -> str:
         return self._peer
+
+    def invocation_metadata(self) -> Any:
+        return (("authorization", "Bearer secret"),)
 
     def code(self) -> None:
         return None
@@ -74,11 +69,8 @@ def _chain_call(sink: Sink, peer: str) -> Any:
         seen["principal"] = current_principal()
         return "ok"
 
-    async def continuation(details: Any) -> Any:
-        return grpc.unary_unary_rpc_method_handler(handler)
-
     async def call() -> dict[str, Any]:
-        wrapped = await chain.intercept_service(continuation, Details(METHOD))
+        wrapped = chain.wrap(METHOD, grpc.unary_unary_rpc_method_handler(handler))
         await wrapped.unary_unary(b"", Context(peer))
         return seen
 

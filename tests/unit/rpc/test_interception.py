@@ -4,7 +4,7 @@ request bodies are parsed only after the guards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -423,50 +423,65 @@ def test_a_consumer_that_stops_early_closes_the_handler_before_the_wrappers_exit
     assert len(outer.errors) == 1 and isinstance(outer.errors[0], GeneratorExit)
 
 
-def _continuation(handlers: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
-    async def continuation(details: Any) -> Any:
-        return handlers.get(details.method)
+class Registrations:
+    """A server as the generated add_*_to_server functions see it: what was registered."""
 
-    return continuation
+    def __init__(self) -> None:
+        self.registered: dict[str, Any] = {}
+        self.generic: list[Any] = []
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.registered.update({f"/{service}/{name}": h for name, h in handlers.items()})
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
 
 
-def test_the_chain_wraps_each_method_once_and_runs_only_the_guards_that_apply() -> None:
-    """One wrapped handler per method, reused; unknown methods stay None; filtered guards skip."""
+def test_every_registered_handler_is_wrapped_once_with_only_the_guards_that_apply() -> None:
+    """Registered by name or through a generic handler, each method runs through the chain;
+    a generic handler's answer is wrapped once and reused; unknown methods stay None."""
     log: list[Any] = []
     guard = Guard("generate only", log, applies_to=lambda method: method == METHOD)
     chain = InterceptorChain([], [guard])
-    proceed = _continuation({METHOD: _unary(log), OTHER: _unary(log)})
-
-    async def intercept(method: str) -> Any:
-        return await chain.intercept_service(proceed, Details(method, ()))
-
-    first, again, other = (asyncio.run(intercept(m)) for m in (METHOD, METHOD, OTHER))
-    assert first is again and other is not first
-    assert asyncio.run(intercept("/pixelgate.v1.ImageService/Nothing")) is None
-    asyncio.run(other.unary_unary("request", FakeContext()))
+    server = Registrations()
+    services = chain.serving(server)  # type: ignore[arg-type]
+    services.add_registered_method_handlers(  # type: ignore[attr-defined]
+        "pixelgate.v1.ImageService", {"GenerateImage": _unary(log), "ListModels": _unary(log)}
+    )
+    services.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "pixelgate.v1.ImageService", {"GenerateImage": _unary(log)}
+            ),
+        )
+    )
+    asyncio.run(server.registered[OTHER].unary_unary(b"", FakeContext()))
     assert log == ["handler"]
-    asyncio.run(first.unary_unary("request", FakeContext()))
+    asyncio.run(server.registered[METHOD].unary_unary(b"", FakeContext()))
     assert log == ["handler", "admit generate only", "handler"]
 
+    [generic] = server.generic
+    first, again = (generic.service(Details(METHOD, ())) for _ in range(2))
+    assert first is again
+    assert generic.service(Details("/pixelgate.v1.ImageService/Nothing", ())) is None
+    asyncio.run(first.unary_unary(b"", FakeContext()))
+    assert log[-2:] == ["admit generate only", "handler"]
 
-def _metadata_chain() -> tuple[InterceptorChain, Callable[[Any], Awaitable[Any]]]:
+
+def _metadata_handler() -> Any:
     async def echo(request: Any, context: Any) -> Any:
         return request_metadata(context)
 
-    handler = grpc.unary_unary_rpc_method_handler(echo)
-    return InterceptorChain([], []), _continuation({METHOD: handler})
+    return InterceptorChain([], []).wrap(METHOD, grpc.unary_unary_rpc_method_handler(echo))
 
 
-def test_request_metadata_is_what_the_interceptor_saw_in_the_same_task() -> None:
-    """A handler reached through the chain reads the call details' metadata, not the context's."""
-    chain, proceed = _metadata_chain()
+def test_request_metadata_is_what_the_chain_read_as_the_call_opened() -> None:
+    """A handler reached through the chain reads the tuple the chain kept in the record."""
     metadata = (("authorization", "Bearer abc"),)
-
-    async def call() -> Any:
-        wrapped = await chain.intercept_service(proceed, Details(METHOD, metadata))
-        return await wrapped.unary_unary("request", FakeContext())
-
-    assert asyncio.run(call()) == metadata
+    context = FakeContext(metadata)
+    seen = asyncio.run(_metadata_handler().unary_unary(b"", context))
+    assert seen == metadata
+    context.metadata = (("changed", "later"),)  # not read again within the call
 
 
 @pytest.mark.parametrize(("held", "expected"), [(CONTEXT_METADATA, CONTEXT_METADATA), (None, ())])
@@ -481,12 +496,11 @@ def test_request_metadata_falls_back_to_the_context(held: Any, expected: Any) ->
 
 def test_concurrent_calls_each_see_their_own_metadata() -> None:
     """Two calls interleaving on one loop never read each other's metadata."""
-    chain, proceed = _metadata_chain()
+    wrapped = _metadata_handler()
 
     async def call(caller: str) -> Any:
-        wrapped = await chain.intercept_service(proceed, Details(METHOD, (("caller", caller),)))
         await asyncio.sleep(0)
-        return await wrapped.unary_unary("request", FakeContext())
+        return await wrapped.unary_unary(b"", FakeContext((("caller", caller),)))
 
     async def both() -> list[Any]:
         return await asyncio.gather(

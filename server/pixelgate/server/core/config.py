@@ -473,7 +473,9 @@ class Settings(_Section):
     rate_limit: RateLimitSettings = RateLimitSettings()
     connections: ConnectionSettings = ConnectionSettings()
     policy: PolicySettings = PolicySettings()
-    models: tuple[ModelSettings, ...] = Field(default=(ModelSettings(),), min_length=1)
+    models: tuple[ModelSettings, ...] = Field(
+        default=(ModelSettings.model_validate({}),), min_length=1
+    )
     """The model registry; with none configured, the tiny test model."""
     default_model: str | None = None
     """The model an empty request.model selects; unset = the first."""

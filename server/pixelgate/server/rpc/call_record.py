@@ -1,7 +1,7 @@
 """The per-call record: what one call did, in the call's one context variable.
 
 The interceptor chain opens a record as each call starts
-(`InterceptorChain.intercept_service`), and nothing else sets one. The chain's
+(`MethodChain.open`, in every wrapped handler), and nothing else sets one. The chain's
 steps, the servicer and the data plane read it with current_record() and add
 the facts they learn (the caller, the limits drawn on, the GPU cost, the image
 parameters and digests) for the audit line and the quota metadata. Each call

@@ -7,6 +7,12 @@ A step is a CallWrapper (runs around the whole call and sees how it ends) or
 a CallGuard (admits or refuses before the handler); each overrides one method.
 The chain opens each call's record (call_record.py) as the call starts.
 
+The chain is not a grpc.aio ServerInterceptor: it wraps each method's handler
+once, as the services register (`ChainedServer`), so a call pays for its steps
+and nothing else. grpc.aio's interceptor hook would run a coroutine per call
+before the handler is even found, and costs about a tenth of a bare call's CPU
+(issue 12's measurements) with no step in it.
+
 grpcio hands the chain raw request bytes: they are parsed only once the guards
 have admitted the call (`request_parsing.py`), so a body that does not parse
 is refused like any call, rate-limited, authenticated and audited first. A
@@ -20,7 +26,7 @@ import abc
 import contextlib
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -42,11 +48,11 @@ def every_method(method: str) -> bool:
 
 
 def request_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
-    """The call's request metadata, as gRPC read it to find the handler.
+    """The call's request metadata, as the chain read it when the call opened.
 
-    gRPC hands it to the interceptor anyway, which keeps it in the call's
-    record: reusing it saves building the tuple again on every call. With no
-    chain in front of the handler (unit tests), the context's.
+    Kept in the call's record, so the steps and the handler share one tuple
+    instead of building it again. With no chain in front of the handler (unit
+    tests), the context's.
     """
     try:
         metadata = current_record().metadata
@@ -113,49 +119,89 @@ class MethodChain:
     wrappers exited in reverse.
 
     Steps that decide at once (a cached token, an in-process bucket) cost a
-    plain call, not a coroutine: this runs on every call.
+    plain call, not a coroutine: this runs on every call, so entering and exiting
+    return an awaitable only when a step has something to wait for.
     """
 
-    __slots__ = ("_guards", "_method", "_unwinding", "_wrappers")
+    __slots__ = ("_unwinding", "_wrappers", "guards", "method")
 
     def __init__(
         self, method: str, wrappers: tuple[CallWrapper, ...], guards: tuple[CallGuard, ...]
     ) -> None:
-        self._method = method
+        self.method = method
         self._wrappers = wrappers
-        self._guards = guards
+        self.guards = guards
         self._unwinding = tuple(reversed(list(enumerate(wrappers))))
 
+    def open(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[Any]:
+        """Opens the call's record and enters the wrappers; returns their states."""
+        # The call's one record, set here and nowhere else: every step and the
+        # handler run in this task after it.
+        open_record(self.method, tuple(context.invocation_metadata() or ()))
+        method = self.method
+        return [wrapper.enter(method, context) for wrapper in self._wrappers]
+
     async def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[Any]:
-        """Enters the wrappers and passes the guards; returns the wrappers' states.
+        """Opens the call and passes the guards; returns the wrappers' states.
 
         A refusal unwinds the wrappers (so it is audited and mapped) and raises.
+        The wrapped handlers inline this; it stays for callers that hold a chain.
         """
-        method = self._method
-        states = [wrapper.enter(method, context) for wrapper in self._wrappers]
+        states = self.open(context)
         try:
-            for guard in self._guards:
-                pending = guard.admit(method, context)
+            for guard in self.guards:
+                pending = guard.admit(self.method, context)
                 if pending is not None:
                     await pending
         except BaseException as error:
-            await self.exit(states, context, error)
+            pending = self.exit(states, context, error)
+            if pending is not None:
+                await pending
             raise
         return states
 
-    async def exit(
+    def exit(
         self,
         states: list[Any],
         context: grpc.aio.ServicerContext[Any, Any],
         error: BaseException | None,
-    ) -> None:
-        """Exits the wrappers, innermost first; raises the error one of them replaced."""
+    ) -> Awaitable[None] | None:
+        """Exits the wrappers, innermost first; raises the error one of them replaced.
+
+        Returns None when every wrapper finished at once, or an awaitable that
+        finishes the rest (and raises the replacement, if any).
+        """
         current = error
-        for index, wrapper in self._unwinding:
+        for position, (index, wrapper) in enumerate(self._unwinding):
             try:
-                pending = wrapper.exit(states[index], self._method, context, current)
-                if pending is not None:
-                    await pending
+                pending = wrapper.exit(states[index], self.method, context, current)
+            except BaseException as replacement:
+                current = replacement
+                continue
+            if pending is not None:
+                return self._finish_exit(states, context, error, current, pending, position)
+        if current is not error and current is not None:
+            raise current
+        return None
+
+    async def _finish_exit(
+        self,
+        states: list[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+        current: BaseException | None,
+        pending: Awaitable[None],
+        position: int,
+    ) -> None:
+        try:
+            await pending
+        except BaseException as replacement:
+            current = replacement
+        for index, wrapper in self._unwinding[position + 1 :]:
+            try:
+                step = wrapper.exit(states[index], self.method, context, current)
+                if step is not None:
+                    await step
             except BaseException as replacement:
                 current = replacement
         if current is not error and current is not None:
@@ -171,6 +217,8 @@ def wrap_handler(
     them with the handler's deserializer after the guards.
     """
     response_serializer = handler.response_serializer
+    method = chain.method
+    guards = chain.guards
     read = request_reader(handler.request_deserializer, streaming=handler.request_streaming)
 
     behaviour = handler.unary_unary or handler.stream_unary
@@ -178,15 +226,23 @@ def wrap_handler(
         is_coroutine = inspect.iscoroutinefunction(behaviour)
 
         async def wrapped_unary_response(raw: Any, context: Any) -> Any:
-            states = await chain.enter(context)
+            states = chain.open(context)
             try:
+                for guard in guards:
+                    pending = guard.admit(method, context)
+                    if pending is not None:
+                        await pending
                 response = behaviour(read(raw), context)
                 if is_coroutine or inspect.isawaitable(response):
                     response = await response
             except BaseException as error:
-                await chain.exit(states, context, error)
+                unwinding = chain.exit(states, context, error)
+                if unwinding is not None:
+                    await unwinding
                 raise
-            await chain.exit(states, context, None)
+            unwinding = chain.exit(states, context, None)
+            if unwinding is not None:
+                await unwinding
             return response
 
         make = (
@@ -200,7 +256,7 @@ def wrap_handler(
     assert streaming is not None, "a handler has one of the four shapes"
 
     async def wrapped_stream_response(raw: Any, context: Any) -> AsyncIterator[Any]:
-        states = await chain.enter(context)
+        states = await chain.enter(context)  # a stream is long: one coroutine is nothing
         try:
             # Closed here, before the wrappers exit, even when gRPC abandons the
             # stream: the handler's own clean-up (refunds, records) comes first.
@@ -208,9 +264,13 @@ def wrap_handler(
                 async for response in responses:
                     yield response
         except BaseException as error:
-            await chain.exit(states, context, error)
+            unwinding = chain.exit(states, context, error)
+            if unwinding is not None:
+                await unwinding
             raise
-        await chain.exit(states, context, None)
+        unwinding = chain.exit(states, context, None)
+        if unwinding is not None:
+            await unwinding
 
     make_streaming = (
         grpc.unary_stream_rpc_method_handler
@@ -220,41 +280,77 @@ def wrap_handler(
     return make_streaming(wrapped_stream_response, None, response_serializer)
 
 
-class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The whole chain as one gRPC interceptor: wrappers outermost, then guards in order.
+class InterceptorChain:
+    """The whole chain: wrappers outermost, then guards in order, around every handler.
 
-    One interceptor instead of one per step keeps the per-call cost to a single
-    handler wrap; the wrapped handler of each method is built once and reused.
+    Each method's handler is wrapped once, as it is registered through
+    `serving(server)`; calls then go straight to the wrapped handler.
     """
 
     def __init__(self, wrappers: Sequence[CallWrapper], guards: Sequence[CallGuard]) -> None:
         self._wrappers = tuple(wrappers)
         self._guards = tuple(guards)
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        # `continuation` yields None for a method no service implements (the
-        # stubs say otherwise); gRPC then answers UNIMPLEMENTED.
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+        """`handler` of the full method name `method`, run through the steps that apply."""
+        guards = tuple(guard for guard in self._guards if guard.applies_to(method))
+        return wrap_handler(handler, MethodChain(method, self._wrappers, guards))
+
+    def serving(self, server: grpc.aio.Server) -> grpc.aio.Server:
+        """What to hand the generated `add_*Servicer_to_server` functions instead of `server`.
+
+        Typed as the server they expect: those functions call only the two
+        registration methods ChainedServer has.
+        """
+        return cast(grpc.aio.Server, ChainedServer(server, self))
+
+
+class ChainedServer:
+    """Stands in for the server when services register: every handler they register
+    reaches the server wrapped in the chain, so no service can bypass it."""
+
+    def __init__(self, server: grpc.aio.Server, chain: InterceptorChain) -> None:
+        self._server = server
+        self._chain = chain
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        """The generated code's registered methods (grpc core finds them without a lookup)."""
+        # grpcio has it since 1.62; the grpc-stubs package does not know it yet.
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service,
+            {name: self._chain.wrap(f"/{service}/{name}", h) for name, h in handlers.items()},
+        )
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        """Generic handlers (for methods not registered by name, and older generated code)."""
+        self._server.add_generic_rpc_handlers(
+            tuple(_ChainedGenericHandler(handler, self._chain) for handler in handlers)
+        )
+
+
+class _ChainedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A generic handler whose answers come wrapped in the chain, each method's once."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], chain: InterceptorChain) -> None:
+        self._inner = inner
+        self._chain = chain
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        # None for a method this handler does not serve; gRPC then asks the next one,
+        # or answers UNIMPLEMENTED.
+        handler = self._inner.service(handler_call_details)
         if handler is None:
-            return handler  # type: ignore[return-value]
+            return None
         method: str = handler_call_details.method
-        # The call's one record, set here and nowhere else: every step and the
-        # handler run in this task after it.
-        open_record(method, handler_call_details.invocation_metadata)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guards = tuple(guard for guard in self._guards if guard.applies_to(method))
-        wrapped = wrap_handler(handler, MethodChain(method, self._wrappers, guards))
+        wrapped = self._chain.wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -262,6 +358,7 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 __all__ = [
     "CallGuard",
     "CallWrapper",
+    "ChainedServer",
     "InterceptorChain",
     "Metadata",
     "MethodChain",
