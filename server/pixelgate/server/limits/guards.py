@@ -64,7 +64,8 @@ class PeerRateLimit(_BucketGuard):
     who = "peer address"
 
     def _key(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return peer_address(context.peer())
+        # The audit wrapper, outermost, already asked gRPC for the peer: reuse its string.
+        return peer_address(current_record().peer or context.peer())
 
 
 class CallerRateLimit(_BucketGuard):
