@@ -36,6 +36,9 @@ DEPENDENCIES = [
     "grpcio-health-checking>=1.66",
     "googleapis-common-protos>=1.63",  # google.rpc: the servers' rich error details
     "httpx>=0.27",
+    # The W3C trace context of the caller's current span goes with each call (API only:
+    # the application brings its SDK, or has none).
+    "opentelemetry-api>=1.27",
     "tqdm>=4.66",
 ]
 """What the client library and CLI import, besides the generated code's runtime."""

@@ -60,6 +60,9 @@ def server_settings(pki: DevPkiFiles, **overrides: Any) -> dict[str, Any]:
                 }
             ]
         },
+        # Off: the default port is fixed and test servers run side by side. A test that
+        # scrapes turns it on at "127.0.0.1:0" (RunningServer.metrics_port says where).
+        "metrics": {"enabled": False},
     }
     return merge(base, overrides)
 

@@ -120,9 +120,12 @@ def copying_loader(model: ModelRuntime) -> ModelLoader:
     return lambda settings, device: copy.deepcopy(model)
 
 
-def start(settings: Settings, loader: ModelLoader, loop: EventLoopThread) -> ServerUnderTest:
-    """Starts a server for `settings` on `loop`, its models from `loader`."""
-    running = loop.run(start_server(settings, loader=loader))
+def start(
+    settings: Settings, loader: ModelLoader, loop: EventLoopThread, **options: Any
+) -> ServerUnderTest:
+    """Starts a server for `settings` on `loop`, its models from `loader`; `options` go to
+    start_server (e.g. `span_processors`)."""
+    running = loop.run(start_server(settings, loader=loader, **options))
     return ServerUnderTest(running=running, settings=settings, loop=loop)
 
 

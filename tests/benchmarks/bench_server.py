@@ -43,6 +43,8 @@ gpu_cost_burst = {UNLIMITED}
 max_concurrent_generations = 1000
 peer_requests_per_minute = {UNLIMITED}
 peer_burst = {int(UNLIMITED)}
+[metrics]
+address = "127.0.0.1:0"  # on, as deployed; servers run side by side
 [[auth.issuers]]
 issuer = "{DEV_ISSUER}"
 audiences = ["{DEV_AUDIENCE}"]
@@ -104,7 +106,10 @@ def start_server(
     for line in process.stdout:
         if line.startswith("pixelgate: serving on port "):
             return process, int(line.rsplit(" ", 1)[1])
-    raise RuntimeError(f"server exited before serving; see {log.name}")
+    process.wait()
+    raise RuntimeError(
+        f"server exited before serving: {Path(log.name).read_text(encoding='utf-8')[-2000:]}"
+    )
 
 
 def cpu_seconds(pid: int) -> float:

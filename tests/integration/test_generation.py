@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 from PIL import Image
+from support import FakeRuntime
 
 from pixelgate.client import GeneratedImage
 from pixelgate.v1 import image_service_pb2 as pb
@@ -81,33 +83,51 @@ def test_each_output_format_decodes_at_the_requested_size(server, connect):
             assert (decoded.format, decoded.size) == (pillow_format, (128, 64))
 
 
-def test_large_images_are_split_into_64_kib_chunks(server, pki, mint):
-    """Raw stream: chunks are in order, at most 64 KiB, and add up to the announced size."""
+class _NoiseModel:
+    """Paints noise, which PNG cannot compress: a large image without a large model's work."""
+
+    def run(self, batch, on_step):
+        from PIL import Image
+
+        for index in range(1, batch.steps + 1):
+            on_step(index, batch.steps, None)
+        noise = os.urandom(3 * batch.width * batch.height)
+        return [Image.frombytes("RGB", (batch.width, batch.height), noise) for _ in batch.seeds]
+
+
+def test_a_large_image_arrives_whole_in_chunks_of_at_most_1_mib(start_server, pki, mint, connect):
+    """A 1024x768 PNG of noise (about 2.3 MiB) streams in 1 MiB chunks, in order, that add up
+    to the announced size and digest; the Python client takes them and verifies the image."""
     import grpc
 
     from pixelgate.client.credentials import channel_credentials
     from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
+    server = start_server(
+        loader=lambda settings, device: FakeRuntime(_NoiseModel()),
+        models=[{"max_width": 1024, "max_height": 1024, "activation_mb_per_megapixel": 1}],
+    )
+    request = pb.GenerateImageRequest(prompt="noise", width=1024, height=768, steps=1)
     credentials = channel_credentials(
         ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key, token=mint()
     )
     with grpc.secure_channel(server.target, credentials) as channel:
-        stub = pb_grpc.ImageServiceStub(channel)
-        responses = list(
-            stub.GenerateImage(
-                pb.GenerateImageRequest(prompt="noise", width=256, height=256, steps=1)
-            )
-        )
+        responses = list(pb_grpc.ImageServiceStub(channel).GenerateImage(request))
     chunks = [r.chunk for r in responses if r.WhichOneof("event") == "chunk"]
     [complete] = [r.complete for r in responses if r.WhichOneof("event") == "complete"]
-    assert len(chunks) > 1
-    assert all(len(c.data) <= 64 * 1024 for c in chunks)
+    assert [len(c.data) for c in chunks[:2]] == [1 << 20, 1 << 20]
+    assert len(chunks) == 3 and 0 < len(chunks[2].data) <= 1 << 20
     assert [c.offset for c in chunks] == [
         sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))
     ]
     data = b"".join(c.data for c in chunks)
     assert len(data) == complete.size_bytes
     assert hashlib.sha256(data).hexdigest() == complete.sha256
+
+    [image] = connect(server).generate("noise", width=1024, height=768, steps=1)
+    assert hashlib.sha256(image.data).hexdigest() == image.sha256
+    with Image.open(io.BytesIO(image.data)) as decoded:
+        assert decoded.size == (1024, 768)
 
 
 def test_list_models_names_the_test_model_and_its_bounds(server, connect):

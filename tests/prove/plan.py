@@ -120,6 +120,9 @@ def server_configs(
         **base,
         "rate_limit": _generous_limits(),
         "engine": {"max_queued_jobs": sizes.max_queued_jobs},
+        # Stalled readers stop mid-image: a 512x512 tiny-model PNG (~770 KiB) must span
+        # several chunks, which the 1 MiB default would send as one.
+        "chunk_size": 64 * 1024,
     }
     stall = stall_setting()
     if stall is not None:

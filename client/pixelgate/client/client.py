@@ -13,11 +13,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pixelgate.client.credentials import TokenSource, token_provider
-from pixelgate.client.errors import RateLimited, error_from_rpc
+from pixelgate.client.errors import RateLimited, Unavailable, error_from_rpc
 from pixelgate.client.images import GeneratedImage, ImageAssembler
 from pixelgate.client.rotating_channel import RotatingChannel
 from pixelgate.client.service_config import HEALTH_SERVICE, ServiceConfig
 from pixelgate.client.targets import address_list_host, channel_target, names_a_fleet
+from pixelgate.client.trace_context import traced_channel
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -59,6 +60,7 @@ class _Stubs:
     """The stubs of one channel."""
 
     def __init__(self, channel: grpc.Channel) -> None:
+        channel = traced_channel(channel)  # calls join the caller's current trace
         self.images = pb_grpc.ImageServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
@@ -119,6 +121,7 @@ class PixelgateClient:
             check_interval=tls_check_interval,
         )
         self._retry = retry
+        self._attempts = attempts
 
     def stream(
         self,
@@ -141,7 +144,9 @@ class PixelgateClient:
         stream ends with an image missing or corrupt. Stopping iteration early
         cancels the call, and with it the server's work. With a RetryPolicy, a
         rate-limit refusal before the first event is retried after the delay
-        the server asks for.
+        the server asks for. A job a draining replica ends while it still waits
+        in the queue (UNAVAILABLE with pushback, nothing of it run) goes to
+        another replica within `attempts`: its queue position shows again.
         """
         request = pb.GenerateImageRequest(
             prompt=prompt,
@@ -158,11 +163,13 @@ class PixelgateClient:
         if seed is not None:
             request.seed = seed
         attempt = 1
+        sent_away = 0
         while True:
-            started = False
+            started = ran = False
             try:
                 for event in self._stream_once(request, num_images or 1, timeout):
                     started = True
+                    ran = ran or not _queued(event)
                     yield event
                 return
             except RateLimited as error:
@@ -171,6 +178,14 @@ class PixelgateClient:
                     raise
                 self._retry.sleep(wait)  # type: ignore[union-attr]
                 attempt += 1
+            except Unavailable as error:
+                # gRPC's retry ends at the first response (the queue position), so a job
+                # a draining replica sent away unstarted is sent on here. Refused before
+                # any response, the channel has retried it already.
+                sent_away += 1
+                if ran or not started or error.pushback is None or sent_away >= self._attempts:
+                    raise
+                time.sleep(error.pushback)
 
     def _stream_once(
         self, request: pb.GenerateImageRequest, num_images: int, timeout: float | None
@@ -278,6 +293,10 @@ class PixelgateClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _queued(event: Event) -> bool:
+    return isinstance(event, pb.Progress) and event.state == pb.Progress.STATE_QUEUED
 
 
 __all__ = ["OUTPUT_FORMATS", "Event", "PixelgateClient", "RetryPolicy"]

@@ -15,6 +15,9 @@ from typing import cast
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+"""A replica that did not run the call says when to retry elsewhere (gRPC's retry reads it)."""
+
 
 class PixelgateError(Exception):
     """A call failed; `code` is the gRPC status and `details` the server's message."""
@@ -60,7 +63,17 @@ class RateLimited(PixelgateError):
 
 class Unavailable(PixelgateError):
     """The server could not be reached, refused the TLS handshake, or cannot take the call
-    now (queue full, shutting down), even after the channel's retries on other replicas."""
+    now (queue full, shutting down), even after the channel's retries on other replicas.
+
+    `pushback` (seconds) is set when the replica itself said so (`grpc-retry-pushback-ms`):
+    it did not run the job, and another replica may.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode | None, details: str, pushback: float | None = None
+    ) -> None:
+        super().__init__(code, details)
+        self.pushback = pushback
 
 
 class DeadlineExceeded(PixelgateError):
@@ -147,6 +160,16 @@ def _retry_after(call: grpc.Call, details: list[object]) -> float | None:
         return None
 
 
+def _pushback(call: grpc.Call) -> float | None:
+    value = _trailer(call, PUSHBACK_TRAILER)
+    try:
+        milliseconds = int(value) if value is not None else -1
+    except (TypeError, ValueError):
+        return None
+    # gRPC reads a negative or malformed pushback as "do not retry"; so do we.
+    return milliseconds / 1000 if milliseconds >= 0 else None
+
+
 def error_from_rpc(error: grpc.RpcError) -> PixelgateError:
     """The typed error for a failed call."""
     # The RpcErrors that calls raise are also grpc.Call objects, with status.
@@ -156,6 +179,8 @@ def error_from_rpc(error: grpc.RpcError) -> PixelgateError:
     details = _status_details(call)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return RateLimited(code, message, _retry_after(call, details))
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(code, message, _pushback(call))
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         violations = [
             (violation.field, violation.description)

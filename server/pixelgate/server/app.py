@@ -4,15 +4,17 @@ Only here are the concrete backends named: the rate-limit bucket store (in
 memory or Redis), each issuer's key source (files or a fetched JWKS) and the
 audit writer; every other piece takes them through a small protocol.
 
-The interceptor chain's order is written here once. It opens each call's
-record, then runs, outermost first, the wrappers: audit log (sees every
-call's final status), error mapping (exceptions to statuses, nothing internal
-leaks); then the guards, in order: per-peer rate limit (bounds unauthenticated
-floods), client certificate allowlist (all but health, when identities are
-listed), token authentication (bearer token and its binding to the
-certificate), authorization (scopes declared in the proto), per-caller rate
-limit. Health and reflection need mutual TLS (the transport requires it of
-every connection) but no token: the last three guards skip them.
+The interceptor chain's order is written here once. It opens each call's record,
+then runs, outermost first, the wrappers: call metrics (gRFC A66 names, when
+metrics are on), audit log (sees every call's final status), the call's span
+(tracing: the caller's trace context, its trace id in the audit line), error
+mapping (exceptions to statuses, nothing internal leaks); then the guards, in
+order: per-peer rate limit (bounds unauthenticated floods), client certificate
+allowlist (all but health, when identities are listed), token authentication
+(bearer token and its binding to the certificate), authorization (scopes
+declared in the proto), per-caller rate limit. Health and reflection need mutual
+TLS (the transport requires it of every connection) but no token: the last three
+guards skip them.
 
 Then the servicer, which only converts protobuf, hands a generation to the
 data plane (GenerationService: validation, caller policy, GPU quota, the
@@ -27,7 +29,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from opentelemetry.sdk.trace import SpanProcessor
 
 from pixelgate.server.api.generation_service import GenerationService
 from pixelgate.server.api.reflection import DocumentedReflectionServicer, documented_files
@@ -64,7 +67,16 @@ from pixelgate.server.limits.guards import (
     PeerRateLimit,
 )
 from pixelgate.server.limits.redis_backend import RedisBackend
-from pixelgate.server.models.device import memory_budget
+from pixelgate.server.metrics.server_metrics import ServerMetrics, build_server_metrics
+from pixelgate.server.metrics.state_gauges import (
+    KeyRefreshView,
+    observe_certificates,
+    observe_device_memory,
+    observe_key_refreshes,
+    observe_models,
+    observe_queue,
+)
+from pixelgate.server.models.device import DeviceMemory, memory_budget
 from pixelgate.server.models.registry import ModelRegistry, engine_devices
 from pixelgate.server.models.runtime import ModelLoader, ModelRuntime, load_model
 from pixelgate.server.models.safety import output_checker
@@ -74,9 +86,10 @@ from pixelgate.server.security.authentication import CertificateAllowlist, Token
 from pixelgate.server.security.authorization import ScopeAuthorization, ScopePolicy
 from pixelgate.server.security.certificate_reloader import CertificateReloader
 from pixelgate.server.security.client_identity import BindingPolicy
-from pixelgate.server.security.key_sources import key_source
+from pixelgate.server.security.key_sources import RemoteJwks, key_source
 from pixelgate.server.security.token_keys import UnusableKeyError
 from pixelgate.server.security.token_verifier import TokenVerifier, TrustedIssuer
+from pixelgate.server.tracing.provider import build_tracing
 from pixelgate.v1 import image_service_pb2 as pb
 from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -92,6 +105,11 @@ DEFAULT_MODEL_READY = "default model ready"
 """A condition of SERVING: the default model is warm (or loads on first use)."""
 RATE_LIMITS_ANSWER = "rate-limit backend answers"
 """A condition of SERVING, watched only while calls fail closed on a shared Redis."""
+
+DRAIN_NOTICE_SECONDS = 0.5
+"""From health turning NOT_SERVING on shutdown to the port closing (taken from the grace):
+the NOT_SERVING reaches clients that watch health, and a call that still arrives is served,
+or, a generation, refused with pushback, which gRPC retries on another replica."""
 
 MAX_REQUEST_BYTES = 64 * 1024
 """Largest request message accepted; a GenerateImageRequest within bounds is far smaller."""
@@ -109,8 +127,18 @@ def not_health(method: str) -> bool:
     return not method.startswith(f"/{health.SERVICE_NAME}/")
 
 
-async def build_verifier(auth: AuthSettings) -> tuple[TokenVerifier, list[Closer]]:
-    """Loads (or starts fetching) every issuer's keys; a bad key file stops start-up."""
+def generates(method: str) -> bool:
+    """True for the generation: the one call whose stages are worth a span each."""
+    return method == f"/{SERVICE_NAME}/GenerateImage"
+
+
+async def build_verifier(
+    auth: AuthSettings, fetched: dict[str, KeyRefreshView] | None = None
+) -> tuple[TokenVerifier, list[Closer]]:
+    """Loads (or starts fetching) every issuer's keys; a bad key file stops start-up.
+
+    `fetched`, if given, receives each issuer's fetched key source (for metrics).
+    """
     issuers: list[TrustedIssuer] = []
     closers: list[Closer] = []
     for settings in auth.issuers:
@@ -120,6 +148,8 @@ async def build_verifier(auth: AuthSettings) -> tuple[TokenVerifier, list[Closer
             raise ConfigError(f"issuer {settings.issuer}: {error}") from None
         await source.start()
         closers.append(source.aclose)
+        if fetched is not None and isinstance(source, RemoteJwks):
+            fetched[settings.issuer] = source
         issuers.append(TrustedIssuer(settings.issuer, settings.audiences, source))
     verifier = TokenVerifier(
         issuers,
@@ -222,6 +252,8 @@ class RunningServer:
     """The plaintext health-only listener for Kubernetes probes, when configured."""
     probe_port: int | None = None
     """Where `probe` listens."""
+    metrics_port: int | None = None
+    """Where `/metrics` listens, when metrics are on."""
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds;
@@ -237,7 +269,11 @@ class RunningServer:
             task.cancel()
         await self.health.enter_graceful_shutdown()
         self.engine.drain()  # no new jobs; waiting ones go elsewhere; running ones finish
-        await self.server.stop(grace)
+        # Keep serving a moment: clients watching health stop sending here first. A call
+        # that reaches the port as it stops is cut off CANCELLED, which no client retries.
+        notice = DRAIN_NOTICE_SECONDS if grace is None else min(DRAIN_NOTICE_SECONDS, grace)
+        await asyncio.sleep(notice)
+        await self.server.stop(None if grace is None else grace - notice)
         # The workers get what is left of the grace (a model still loading is abandoned:
         # a load cannot be interrupted), and at least a moment to finish their step.
         left = None if grace is None else grace - (time.monotonic() - stopping)
@@ -251,18 +287,44 @@ class RunningServer:
             await self.probe.stop(None)
 
 
+def _observe_state(
+    metrics: ServerMetrics,
+    settings: Settings,
+    engine: GenerationEngine,
+    registry: ModelRegistry,
+    certificates: CertificateReloader,
+    devices: list[str],
+    fetched_keys: dict[str, KeyRefreshView],
+) -> None:
+    """The state `/metrics` reads as it is scraped: nothing of it costs a call anything."""
+    meter = metrics.meter
+    observe_queue(meter, engine, settings.engine.max_queued_jobs, list(registry))
+    observe_models(
+        meter, lambda: [(model.id, model.state.name.lower()) for model in registry.values()]
+    )
+    observe_device_memory(meter, DeviceMemory(), devices)
+    observe_certificates(meter, certificates)
+    observe_key_refreshes(meter, fetched_keys)
+
+
 async def start_server(
-    settings: Settings, *, loader: ModelLoader | None = None, interceptors: bool = True
+    settings: Settings,
+    *,
+    loader: ModelLoader | None = None,
+    interceptors: bool = True,
+    span_processors: Sequence[SpanProcessor] = (),
 ) -> RunningServer:
     """Builds every piece from `settings`, starts serving, and returns once the default
     model is ready (or has failed; then health stays NOT_SERVING and the rest serve).
 
     `loader` replaces how models load (tests share one loaded tiny model).
+    `span_processors` also receive the server's spans (tests: an in-memory exporter).
     `interceptors=False` serves with no chain at all (mutual TLS still on):
     only for measuring what the chain costs; it is not reachable from settings.
     """
     certificates = CertificateReloader(settings.tls)
     devices = engine_devices(settings.engine)
+    metrics = build_server_metrics(settings.metrics) if settings.metrics.enabled else None
     registry = await asyncio.to_thread(
         ModelRegistry.from_settings,
         settings.models,
@@ -272,7 +334,8 @@ async def start_server(
     )
     caller_policy = CallerPolicy(settings.policy.rules)
     caller_policy.check_models_exist(registry)
-    verifier, closers = await build_verifier(settings.auth)
+    fetched_keys: dict[str, KeyRefreshView] = {}
+    verifier, closers = await build_verifier(settings.auth, fetched_keys)
     limits = settings.rate_limit
     limiter = build_limiter(limits)
     closers.append(limiter.backend.aclose)
@@ -287,6 +350,7 @@ async def start_server(
         checker_factory=functools.partial(
             output_checker, safety.output_checker, safety.checker_source
         ),
+        observer=metrics.service if metrics else None,
     )
     auth = settings.auth
     binding = BindingPolicy(
@@ -301,8 +365,18 @@ async def start_server(
             f"cannot open audit destination {settings.audit.destination}: {error.strerror}"
         ) from None
     closers.append(lambda: asyncio.to_thread(audit.close))
+    tracing = build_tracing(settings.tracing, span_processors)
+    closers.insert(-1, tracing.aclose)  # spans flushed before the audit closes, last
     chain = InterceptorChain(
-        wrappers=[AuditLog(audit), ErrorMapping()],
+        # Call metrics outermost: they see the status the caller sees. The call's span
+        # inside the audit wrapper: the audit line carries its trace id. Refusals are
+        # counted as the error mapping turns them into statuses (a success pays nothing).
+        wrappers=[
+            *([metrics.calls] if metrics else []),
+            AuditLog(audit),
+            *tracing.wrappers(),
+            ErrorMapping(metrics.service.refused if metrics else None),
+        ],
         guards=[
             PeerRateLimit(
                 # In this process, whatever the backend: a flood guard must not
@@ -316,7 +390,11 @@ async def start_server(
                 if auth.allowed_client_identities
                 else []
             ),
-            TokenAuthentication(verifier, binding, applies_to=needs_token),
+            tracing.spanned(
+                TokenAuthentication(verifier, binding, applies_to=needs_token),
+                "authentication",
+                where=generates,
+            ),
             ScopeAuthorization(ScopePolicy.from_services([IMAGE_SERVICE]), applies_to=needs_token),
             CallerRateLimit(
                 limiter,
@@ -349,6 +427,7 @@ async def start_server(
             max_concurrent=limits.max_concurrent_generations,
         ),
         chunk_size=settings.chunk_size,
+        observer=metrics.service if metrics else None,
     )
     servicer = ImageServicer(
         generations, registry, stall_timeout=settings.stream_stall_timeout_seconds
@@ -369,6 +448,16 @@ async def start_server(
     if port == 0:
         raise ConfigError(f"cannot listen on {_address(settings.host, settings.port)}")
     probe_server, probe_port = probe_listener(settings.probes, health_servicer) or (None, None)
+    if metrics is not None:
+        _observe_state(metrics, settings, engine, registry, certificates, devices, fetched_keys)
+        try:
+            metrics.start(settings.metrics.address)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot serve metrics on {settings.metrics.address}: {error.strerror}"
+            ) from None
+        closers.insert(0, metrics.aclose)
+        log.info("metrics on port %d (plaintext, /metrics)", metrics.port)
     health_gate = ServingHealth(
         health_servicer, ("", SERVICE_NAME), (DEFAULT_MODEL_READY, RATE_LIMITS_ANSWER)
     )
@@ -387,6 +476,7 @@ async def start_server(
         closers=closers,
         probe=probe_server,
         probe_port=probe_port,
+        metrics_port=metrics.port if metrics else None,
     )
     if limits.backend == "redis" and limits.on_backend_failure == "fail_closed":
         # Every tokened call fails while the shared buckets are out of reach: say so,

@@ -47,6 +47,7 @@ class FakeHost:
         self.memory = memory
         self.timer = StepTimer()
         self.queue: FairQueue[Job] = FairQueue()
+        self.observer = None  # no metrics
         self.ended: dict[int, BaseException | None] = {}
 
     def dispatched(self, batch: list[Job], worker: Worker) -> None:

@@ -56,9 +56,14 @@ def response_for(event: StreamedEvent) -> pb.GenerateImageResponse:
             )
         )
     if isinstance(event, ImageBytes):
-        return pb.GenerateImageResponse(
-            chunk=pb.ImageChunk(image_index=event.image_index, offset=event.offset, data=event.data)
-        )
+        # Field by field, not from an ImageChunk: upb copies a message given as a field's
+        # value, and with it up to chunk_size bytes of image (costlier than the send).
+        message = pb.GenerateImageResponse()
+        chunk = message.chunk
+        chunk.image_index = event.image_index
+        chunk.offset = event.offset
+        chunk.data = event.data
+        return message
     if isinstance(event, InQueue):
         return pb.GenerateImageResponse(
             progress=pb.Progress(

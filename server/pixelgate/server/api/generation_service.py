@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -37,6 +38,7 @@ from pixelgate.server.core.generation import (
 from pixelgate.server.core.principal import Principal
 from pixelgate.server.limits.caller_policy import CallerPolicy
 from pixelgate.server.limits.gpu_quota import GpuQuota
+from pixelgate.server.tracing.spans import child_span
 
 
 class SubmittedJob(Protocol):
@@ -54,6 +56,22 @@ class SubmittedJob(Protocol):
 
 
 JobT = TypeVar("JobT", bound=SubmittedJob)
+
+
+class GenerationObserver(Protocol):
+    """Hears how each admitted generation ended (metrics)."""
+
+    def generation_ended(
+        self,
+        model_id: str,
+        outcome: str,
+        seconds: float,
+        images: dict[str, int],
+        caller: Principal | None,
+    ) -> None:
+        """`outcome`: completed, cancelled or failed; `images` by how each finished
+        (completed, filtered, and cancelled or failed for those that never did)."""
+        ...
 
 
 class JobEngine(Protocol[JobT]):
@@ -81,12 +99,14 @@ class GenerationService(Generic[JobT]):
         quota: GpuQuota,
         *,
         chunk_size: int,
+        observer: GenerationObserver | None = None,
     ) -> None:
         self._engine = engine
         self._validator = validator
         self._policy = policy
         self._quota = quota
         self._chunk_size = chunk_size
+        self._observer = observer
 
     async def generate(
         self,
@@ -111,20 +131,37 @@ class GenerationService(Generic[JobT]):
             job = self._engine.submit(
                 generation, caller=caller.key, deadline=time_left(), hold=True
             )
+            admitted, outcome, sent, filtered = time.perf_counter(), "failed", 0, 0
             try:
                 yield Admitted(cancel=job.cancel)
                 async for event in job.events():
                     if isinstance(event, GeneratedImage) and event.image is not None:
                         async for output in self._image(event, generation, facts):
                             yield output
+                        sent += 1
                     else:
+                        if isinstance(event, GeneratedImage):
+                            filtered += 1  # blocked by a safety check: no bytes
                         yield _progress_or_filtered(event, generation)
                     # The caller has its first answer; now the job may start.
                     self._engine.release(job)
+                outcome = "completed"
+            except (GeneratorExit, asyncio.CancelledError):
+                outcome = "cancelled"  # the caller went away, or its stream was cut
+                raise
             finally:
                 job.cancel()
                 charge.steps_done = job.steps_run
                 facts.cost_charged = charge.cost - charge.unused
+                if self._observer is not None:
+                    images = {"completed": sent, "filtered": filtered}
+                    unfinished = len(generation.seeds) - sent - filtered
+                    if unfinished:
+                        images["cancelled" if outcome == "cancelled" else "failed"] = unfinished
+                    seconds = time.perf_counter() - admitted
+                    self._observer.generation_ended(
+                        generation.model_id, outcome, seconds, images, caller
+                    )
 
     async def _image(
         self, image: GeneratedImage, generation: GenerationRequest, facts: CallFacts
@@ -137,24 +174,29 @@ class GenerationService(Generic[JobT]):
                 "seed": str(image.seed),
                 "steps": str(image.steps),
             }
-        # Encoding is CPU work: off the event loop, and off the model's workers.
-        encoded = await asyncio.to_thread(
-            encode_image, image.image, generation.output_format, generation.quality, metadata
-        )
+        described = {"pixelgate.image.index": image.index}
+        with child_span("encoding", described):
+            # Encoding is CPU work: off the event loop, and off the model's workers.
+            encoded = await asyncio.to_thread(
+                encode_image, image.image, generation.output_format, generation.quality, metadata
+            )
         facts.image_sha256s.append(encoded.sha256)
-        for offset, data in chunks(encoded.data, self._chunk_size):
-            yield ImageBytes(image_index=image.index, offset=offset, data=data)
-        yield ImageDone(
-            image_index=image.index,
-            mime_type=encoded.mime_type,
-            width=encoded.width,
-            height=encoded.height,
-            size_bytes=len(encoded.data),
-            sha256=encoded.sha256,
-            seed=image.seed,
-            model=generation.model_id,
-            steps=image.steps,
-        )
+        # Each message is taken (written to the caller) before the next is made: the span
+        # lasts until the caller's stream has taken the whole image.
+        with child_span("streaming", {**described, "pixelgate.image.bytes": len(encoded.data)}):
+            for offset, data in chunks(encoded.data, self._chunk_size):
+                yield ImageBytes(image_index=image.index, offset=offset, data=data)
+            yield ImageDone(
+                image_index=image.index,
+                mime_type=encoded.mime_type,
+                width=encoded.width,
+                height=encoded.height,
+                size_bytes=len(encoded.data),
+                sha256=encoded.sha256,
+                seed=image.seed,
+                model=generation.model_id,
+                steps=image.steps,
+            )
 
 
 def _record_request(generation: GenerationRequest, facts: CallFacts) -> None:
@@ -181,4 +223,4 @@ def _progress_or_filtered(event: EngineEvent, generation: GenerationRequest) -> 
     )
 
 
-__all__ = ["GenerationService", "JobEngine", "SubmittedJob"]
+__all__ = ["GenerationObserver", "GenerationService", "JobEngine", "SubmittedJob"]

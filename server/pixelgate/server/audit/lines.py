@@ -29,7 +29,8 @@ class AuditLines:
 
     Fields: time (UTC, milliseconds), event, method, status, duration_ms, peer,
     principal (iss, sub, client_id, certificate), gpu_cost, request (the
-    validated image parameters), prompt_sha256, image_sha256; and reason, only
+    validated image parameters), prompt_sha256, image_sha256; trace_id (the W3C
+    trace id, 32 hex digits), only when the call belongs to a trace; and reason, only
     where the status alone does not say why the call ended ("stalled_reader":
     CANCELLED because its reader stopped reading). What repeats from call to
     call (a caller's principal, the current second) is rendered once: this
@@ -54,7 +55,7 @@ class AuditLines:
             f'"request":{json.dumps(record.parameters or None)},'
             f'"prompt_sha256":{_json_text(record.prompt_sha256)},'
             f'"image_sha256":{json.dumps(record.image_sha256s)}'
-            f"{_reason(record.reason)}}}\n"
+            f"{_trace_id(record.trace_id)}{_reason(record.reason)}}}\n"
         ).encode()
 
     def _time(self, ended: float) -> str:
@@ -81,6 +82,10 @@ class AuditLines:
             }
         )
         return self._principals.remember((principal,), text)
+
+
+def _trace_id(trace_id: str | None) -> str:
+    return "" if trace_id is None else f',"trace_id":"{trace_id}"'  # 32 hex digits: no escaping
 
 
 def _reason(reason: str | None) -> str:

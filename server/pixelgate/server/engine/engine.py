@@ -32,10 +32,11 @@ from pixelgate.server.engine.jobs import EndOfEvents, EngineStats, Job
 from pixelgate.server.engine.memory_guard import MemoryGuard
 from pixelgate.server.engine.prompt_denylist import PromptDenylist
 from pixelgate.server.engine.step_timing import Shape, StepTimer
-from pixelgate.server.engine.worker import GenerationCancelled, Worker
+from pixelgate.server.engine.worker import EngineObserver, GenerationCancelled, Worker
 from pixelgate.server.models.registry import ModelRegistry
 from pixelgate.server.models.runtime import ModelLoader
 from pixelgate.server.models.safety import CheckerFactory, NoChecker
+from pixelgate.server.tracing.job_spans import job_spans
 
 log = logging.getLogger("pixelgate.engine")
 
@@ -74,8 +75,11 @@ class GenerationEngine:
         checker_factory: CheckerFactory | None = None,
         timer: StepTimer | None = None,
         admission: DeadlineAdmission | None = None,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.registry = registry
+        self.observer = observer
+        """Hears of queue waits, batches and step times (metrics); None: nothing listens."""
         self.settings = settings
         self.loader = loader
         self.memory = memory
@@ -135,6 +139,7 @@ class GenerationEngine:
                 raise ReplicaBusy("server busy: the generation queue is full; retry later")
             self._active.add(job)
         job.submitted_at = time.monotonic()
+        job.trace = job_spans()  # here, in its call's context: its worker runs outside it
         self.queue.put(job)
         _, standings = self._plan()
         # Not found: a worker is taking it this instant (only an unheld job can go so fast).
@@ -186,6 +191,8 @@ class GenerationEngine:
             if job not in self._active:
                 return
             self._active.discard(job)
+        if job.trace is not None:  # ended waiting (cancelled, drained), or no-op: it ran
+            job.trace.left_queue()
         if cancelled:
             self.count(jobs_cancelled=1)
             log.info("job cancelled after %d of %d steps", job.steps_run, job.request.steps)
@@ -199,9 +206,31 @@ class GenerationEngine:
 
     def dispatched(self, batch: list[Job], worker: Worker) -> None:
         """A worker took `batch`: note when, tell the waiting jobs where they stand."""
+        now = time.monotonic()
         with self._lock:
-            self._running[worker] = _RunningBatch(batch, time.monotonic())
+            self._running[worker] = _RunningBatch(batch, now)
+        if self.observer is not None:
+            for job in batch:
+                if not job.started:  # a job retried after running out of memory waited once
+                    self.observer.queue_waited(job.model_id, now - job.submitted_at)
+        for job in batch:
+            if job.trace is not None:
+                job.trace.left_queue()
         self.announce_positions()
+
+    def queue_depths(self) -> dict[str, int]:
+        """Waiting jobs by model (metrics read it as they are scraped)."""
+        depths: dict[str, int] = {}
+        for _, line in self.queue.lines():
+            for job in line:
+                depths[job.model_id] = depths.get(job.model_id, 0) + 1
+        return depths
+
+    @property
+    def active_jobs(self) -> int:
+        """Jobs waiting or running: `max_queued_jobs` bounds them."""
+        with self._lock:
+            return len(self._active)
 
     def batch_done(self, worker: Worker) -> None:
         """A worker finished its batch."""

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
 from pixelgate.server.core.generation import EngineEvent, GenerationRequest
+from pixelgate.server.tracing.job_spans import JobSpans
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Job:
         self.eta_at_submit: float | None = None
         """Seconds to its end estimated at admission; None without an estimate."""
         self.last_position: int | None = None
+        self.trace: JobSpans | None = None
+        """Its spans under its call's (queue wait, denoising), when the call records spans."""
         self._loop = loop
         self._on_cancel = on_cancel
         self._events: asyncio.Queue[EngineEvent | EndOfEvents] = asyncio.Queue()

@@ -39,6 +39,7 @@ from pixelgate.server.models.previews import LatentSnapshot, preview_jpeg, snaps
 from pixelgate.server.models.registry import ModelRegistry, ModelState, RegisteredModel
 from pixelgate.server.models.runtime import Latents, ModelLoader, ModelRuntime, PipelineBatch
 from pixelgate.server.models.safety import CheckerFactory, OutputChecker
+from pixelgate.server.tracing.job_spans import denoising
 
 log = logging.getLogger("pixelgate.engine")
 
@@ -56,8 +57,29 @@ class GenerationCancelled(Exception):
     """Raised inside the pipeline's step callback once no member of the batch listens."""
 
 
+class EngineObserver(Protocol):
+    """Hears what the engine does, for monitoring (called from worker threads)."""
+
+    def queue_waited(self, model_id: str, seconds: float) -> None:
+        """A worker took a job that had waited `seconds` since it was admitted."""
+        ...
+
+    def batch_started(self, model_id: str, images: int) -> None:
+        """A worker started a pipeline call of `images` images."""
+        ...
+
+    def steps_timed(self, model_id: str, seconds_per_step: float) -> None:
+        """A pipeline call ended; its denoising took `seconds_per_step` a step."""
+        ...
+
+
 class WorkerHost(Protocol):
     """What a worker needs of the engine: the shared pieces, and where to report."""
+
+    @property
+    def observer(self) -> EngineObserver | None:
+        """Hears of batches and their step times (metrics), if anything listens."""
+        ...
 
     @property
     def registry(self) -> ModelRegistry:
@@ -344,6 +366,9 @@ class Worker(threading.Thread):
         for job in fresh:
             job.started = True
         host.count(jobs_started=len(fresh), batches_run=1)
+        observer = host.observer
+        if observer is not None:
+            observer.batch_started(request.model_id, sum(job.images for job in members))
         offsets, position = {}, 0
         for job in members:
             offsets[job] = position
@@ -404,7 +429,13 @@ class Worker(threading.Thread):
         out_of_memory = False
         try:
             try:
-                images = runtime.run(batch, on_step)
+                with denoising(
+                    members,
+                    model=request.model_id,
+                    steps=request.steps,
+                    batch_images=len(batch.seeds),
+                ):
+                    images = runtime.run(batch, on_step)
             finally:
                 wait(sent)  # every progress event out before the call's outcome
         except GenerationCancelled:
@@ -432,6 +463,8 @@ class Worker(threading.Thread):
         measured = clock.measure(request.steps)
         if measured is not None:
             host.timer.observe(shape, measured)
+            if observer is not None:
+                observer.steps_timed(request.model_id, measured.per_step)
             log.debug(
                 "batch of %d images, %d steps: %.3f s fixed + %.4f s a step",
                 len(batch.seeds),
@@ -514,4 +547,4 @@ def _shape_args(shape: Shape) -> tuple[str, int, int, int]:
     return shape.model_id, shape.width, shape.height, shape.images
 
 
-__all__ = ["WARMUP_PROMPT", "GenerationCancelled", "Worker", "WorkerHost"]
+__all__ = ["WARMUP_PROMPT", "EngineObserver", "GenerationCancelled", "Worker", "WorkerHost"]

@@ -14,6 +14,9 @@ import asyncio
 import hashlib
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pixelgate.server.core.quota import Decision, Limit
@@ -98,13 +101,18 @@ class RedisBackend:
         """A backend on the Redis at `url` (redis:// or rediss://); slots lapse after
         `slot_lease_seconds` without renewal."""
         # A blocking pool: a burst of calls waits briefly for a connection
-        # (within the timeout) instead of failing for want of one.
+        # (within the timeout) instead of failing for want of one. A pooled
+        # connection a restarted Redis dropped fails its next command: that command
+        # goes once more, at once, on a new connection, so no call is refused once
+        # Redis is back. (A connection lost mid-command may so charge a call twice:
+        # the safe side. A timeout is not retried: the outer timeout rules.)
         pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
             timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         # The health probe pings over a connection of its own: a pool busy with
         # calls must not read as Redis being down.

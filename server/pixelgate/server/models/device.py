@@ -83,6 +83,12 @@ class DeviceMemory:
             return None
         return int(self._cuda.max_memory_allocated(device))
 
+    def allocated_bytes(self, device: str) -> int | None:
+        """Bytes tensors hold on `device` now; None where it is not measured (the CPU)."""
+        if not _is_cuda(device):
+            return None
+        return int(self._cuda.memory_allocated(device))
+
     def free_bytes(self, device: str) -> int | None:
         """Bytes a new allocation could get now: the driver's free memory (after the CUDA context
         and other processes) plus the allocator's cached, unused blocks; None off CUDA."""

@@ -48,6 +48,8 @@ class CallRecord:
     initial_metadata_sent: bool = False
     reason: str | None = None
     """Why the call ended, where its status alone does not say (e.g. "stalled_reader")."""
+    trace_id: str | None = None
+    """The call's W3C trace id (32 hex digits), when it belongs to a trace."""
 
 
 class NoCallRecord(RuntimeError):

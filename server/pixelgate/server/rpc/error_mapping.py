@@ -11,6 +11,7 @@ traceback ever reaches a caller.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc.aio
@@ -29,7 +30,14 @@ STATUSES: dict[StatusCode, grpc.StatusCode] = {
 
 
 class ErrorMapping(CallWrapper):
-    """Aborts each call that raised with the status its exception maps to."""
+    """Aborts each call that raised with the status its exception maps to.
+
+    `on_refusal` hears of each ServiceError a call ended with (metrics count refusals
+    there): a call that succeeds costs it nothing.
+    """
+
+    def __init__(self, on_refusal: Callable[[ServiceError], None] | None = None) -> None:
+        self._on_refusal = on_refusal
 
     def exit(
         self,
@@ -41,6 +49,8 @@ class ErrorMapping(CallWrapper):
         if error is None or isinstance(error, grpc.aio.AbortError):
             return None  # succeeded, or already carries its status
         if isinstance(error, ServiceError):
+            if self._on_refusal is not None:
+                self._on_refusal(error)
             return context.abort(
                 STATUSES[error.code], error.message, trailing_metadata=_trailers(error)
             )

@@ -113,6 +113,10 @@ class RemoteJwks:
         self._last_unknown_kid_refresh = float("-inf")
         self._in_flight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self.refreshes = 0
+        """Fetches attempted since start (metrics read it)."""
+        self.refresh_failures = 0
+        """Fetches that failed, keeping the last good keys."""
 
     def keys(self) -> Mapping[str, VerificationKey]:
         return self._keys
@@ -153,6 +157,7 @@ class RemoteJwks:
         issuer = self._settings.issuer
         url = self._jwks_url
         deadline = self._settings.http_timeout_seconds
+        self.refreshes += 1
         try:
             # httpx's timeout bounds each connect and each read: an issuer that sends
             # its headers and then trickles the body passes them all. The refresh as a
@@ -166,6 +171,7 @@ class RemoteJwks:
                 if isinstance(error, TimeoutError)
                 else _safe(error)
             )
+            self.refresh_failures += 1
             log.warning(
                 "issuer %s: key refresh failed, keeping %d keys: %s",
                 issuer,
