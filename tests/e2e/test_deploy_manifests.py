@@ -107,14 +107,18 @@ def test_the_container_environment_loads_as_settings() -> None:
 
 
 def test_probes_and_ports_are_where_the_server_listens() -> None:
-    """The container's ports, the gRPC probes and the Service point at the ports the
-    settings bind; readiness asks for the service the server reports on."""
+    """The container's ports, the gRPC probes, the scrape annotations and the Service point
+    at the ports the settings bind; readiness asks for the service the server reports on."""
     settings = _container_settings()
     assert settings.probes.address is not None
     probe_port = int(settings.probes.address.rpartition(":")[2])
     container = _server_container()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"grpc": settings.port, "probes": probe_port}
+    metrics_port = int(settings.metrics.address.rpartition(":")[2])
+    assert ports == {"grpc": settings.port, "probes": probe_port, "metrics": metrics_port}
+    annotations = _one("Deployment", "pixelgate")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert not settings.metrics.address.startswith("127."), "a scraper must reach it"
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == probe_port
     assert container["readinessProbe"]["grpc"]["service"] == "pixelgate.v1.ImageService"
