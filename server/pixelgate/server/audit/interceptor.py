@@ -13,6 +13,7 @@ import grpc.aio
 
 from pixelgate.server.core.principal import Principal
 from pixelgate.server.rpc.call_record import CallRecord, current_record
+from pixelgate.server.rpc.call_status import call_status
 from pixelgate.server.rpc.interception import CallWrapper
 
 
@@ -43,16 +44,7 @@ class AuditLog(CallWrapper):
         error: BaseException | None,
     ) -> None:
         state.duration = time.perf_counter() - state.started
-        if error is None:
-            status = "OK"
-        elif isinstance(error, grpc.aio.AbortError):
-            code = context.code()
-            status = code.name if code is not None else "UNKNOWN"
-        elif isinstance(error, Exception):
-            status = "UNKNOWN"
-        else:
-            status = "CANCELLED"  # the caller went away
-        self._sink.submit(state, status, state.principal)
+        self._sink.submit(state, call_status(context, error).name, state.principal)
 
 
 __all__ = ["AuditLog", "AuditSink"]

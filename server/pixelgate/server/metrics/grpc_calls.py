@@ -27,6 +27,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import Attributes
 
 from pixelgate.server.rpc.call_record import CallRecord, current_record
+from pixelgate.server.rpc.call_status import call_status
 from pixelgate.server.rpc.interception import CallWrapper
 
 # gRFC A66's default latency buckets, in seconds.
@@ -77,15 +78,7 @@ class CallMetrics(CallWrapper):
         context: grpc.aio.ServicerContext[Any, Any],
         error: BaseException | None,
     ) -> None:
-        if error is None:
-            status = "OK"
-        elif isinstance(error, grpc.aio.AbortError):
-            code = context.code()
-            status = code.name if code is not None else "UNKNOWN"
-        elif isinstance(error, Exception):
-            status = "UNKNOWN"
-        else:
-            status = "CANCELLED"  # the caller went away
+        status = call_status(context, error).name
         key = (method, status)
         attributes = self._status_attributes.get(key)
         if attributes is None:

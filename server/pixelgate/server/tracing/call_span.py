@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pixelgate.server.rpc.call_record import Metadata, current_record
+from pixelgate.server.rpc.call_status import call_status
 from pixelgate.server.rpc.interception import CallWrapper, request_metadata
 from pixelgate.server.tracing.spans import in_call_context
 
@@ -60,20 +61,6 @@ class MetadataGetter(Getter[Metadata]):
 
 _GETTER = MetadataGetter()
 _W3C = TraceContextTextMapPropagator()
-
-
-def call_status(
-    context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
-) -> grpc.StatusCode:
-    """The status the caller sees of a call that ended with `error` (None: it succeeded)."""
-    if error is None:
-        return grpc.StatusCode.OK
-    if isinstance(error, grpc.aio.AbortError):
-        code: grpc.StatusCode | None = context.code()  # None: aborted without a code
-        return code if code is not None else grpc.StatusCode.UNKNOWN
-    if isinstance(error, Exception):
-        return grpc.StatusCode.UNKNOWN
-    return grpc.StatusCode.CANCELLED  # the caller went away
 
 
 def _trace_id(span: Span) -> str:
@@ -143,4 +130,4 @@ class CallSpans(CallWrapper):
         state.end()
 
 
-__all__ = ["SERVER_FAULTS", "TRACEPARENT", "CallSpans", "MetadataGetter", "call_status"]
+__all__ = ["SERVER_FAULTS", "TRACEPARENT", "CallSpans", "MetadataGetter"]
