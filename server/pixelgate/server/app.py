@@ -9,7 +9,8 @@ then runs, outermost first, the wrappers: call metrics (gRFC A66 names, when
 metrics are on), audit log (sees every call's final status), the call's span
 (tracing: the caller's trace context, its trace id in the audit line), error
 mapping (exceptions to statuses, nothing internal leaks); then the guards, in
-order: per-peer rate limit (bounds unauthenticated floods), client certificate
+order: the draining gate (closed on shutdown: all but health refused with
+pushback), per-peer rate limit (bounds unauthenticated floods), client certificate
 allowlist (all but health, when identities are listed), token authentication
 (bearer token and its binding to the certificate), authorization (scopes
 declared in the proto), per-caller rate limit. Health and reflection need mutual
@@ -80,6 +81,7 @@ from pixelgate.server.models.device import DeviceMemory, memory_budget
 from pixelgate.server.models.registry import ModelRegistry, engine_devices
 from pixelgate.server.models.runtime import ModelLoader, ModelRuntime, load_model
 from pixelgate.server.models.safety import output_checker
+from pixelgate.server.rpc.draining_gate import DrainingGate
 from pixelgate.server.rpc.error_mapping import ErrorMapping
 from pixelgate.server.rpc.interception import InterceptorChain, every_method
 from pixelgate.server.security.authentication import CertificateAllowlist, TokenAuthentication
@@ -253,6 +255,8 @@ class RunningServer:
     probe_port: int | None = None
     """Where `probe` listens."""
     metrics_port: int | None = None
+    draining: DrainingGate | None = None
+    """Closed as the server stops: every call but health is then refused with pushback."""
     """Where `/metrics` listens, when metrics are on."""
 
     async def stop(self, grace: float | None) -> None:
@@ -268,6 +272,8 @@ class RunningServer:
         for task in self.background:
             task.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.draining is not None:
+            self.draining.close()  # new calls (health aside) go to another replica
         self.engine.drain()  # no new jobs; waiting ones go elsewhere; running ones finish
         # Keep serving a moment: clients watching health stop sending here first. A call
         # that reaches the port as it stops is cut off CANCELLED, which no client retries.
@@ -367,6 +373,7 @@ async def start_server(
     closers.append(lambda: asyncio.to_thread(audit.close))
     tracing = build_tracing(settings.tracing, span_processors)
     closers.insert(-1, tracing.aclose)  # spans flushed before the audit closes, last
+    draining = DrainingGate(applies_to=not_health)
     chain = InterceptorChain(
         # Call metrics outermost: they see the status the caller sees. The call's span
         # inside the audit wrapper: the audit line carries its trace id. Refusals are
@@ -378,6 +385,8 @@ async def start_server(
             ErrorMapping(metrics.service.refused if metrics else None),
         ],
         guards=[
+            # Closed as draining begins: nothing but health is served from then on.
+            draining,
             PeerRateLimit(
                 # In this process, whatever the backend: a flood guard must not
                 # depend on Redis (health checks included) nor cost a round trip.
@@ -477,6 +486,7 @@ async def start_server(
         probe=probe_server,
         probe_port=probe_port,
         metrics_port=metrics.port if metrics else None,
+        draining=draining,
     )
     if limits.backend == "redis" and limits.on_backend_failure == "fail_closed":
         # Every tokened call fails while the shared buckets are out of reach: say so,

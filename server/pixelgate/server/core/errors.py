@@ -118,6 +118,10 @@ PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
 """gRPC's server-pushback trailer (gRFC A6): how long a retrying client waits first."""
 
 
+DRAINING_MESSAGE = "this replica is shutting down; retry on another"
+"""What a draining replica answers a call it will not take (ReplicaBusy: retried elsewhere)."""
+
+
 class ReplicaBusy(Unavailable):
     """This replica cannot take the job now (its queue is full); another replica may.
 
@@ -142,6 +146,7 @@ INTERNAL_MESSAGE = "internal error"
 """All a caller learns of an unexpected failure; the details go to the server log."""
 
 __all__ = [
+    "DRAINING_MESSAGE",
     "INTERNAL_MESSAGE",
     "PUSHBACK_TRAILER",
     "DeadlineExceeded",

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from itertools import zip_longest
 
 from pixelgate.server.core.config import EngineSettings
-from pixelgate.server.core.errors import DeadlineExceeded, ReplicaBusy, Unavailable
+from pixelgate.server.core.errors import (
+    DRAINING_MESSAGE,
+    DeadlineExceeded,
+    ReplicaBusy,
+    Unavailable,
+)
 from pixelgate.server.core.generation import GeneratedImage, GenerationRequest, Queued
 from pixelgate.server.engine.admission import DeadlineAdmission
 from pixelgate.server.engine.eta import WorkerView, finish_times
@@ -44,7 +49,6 @@ log = logging.getLogger("pixelgate.engine")
 WORKER_STOP_SECONDS = 30.0
 """How long closing the engine waits for its workers unless told (a shutdown's grace)."""
 
-DRAINING_MESSAGE = "this replica is shutting down; retry on another"
 """What a job refused or ended unstarted by a draining engine is told (with ReplicaBusy)."""
 
 
