@@ -82,14 +82,18 @@ def start_server(
     """
     started: list[ServerUnderTest] = []
 
-    def _start(model: Any = None, loader: Any = None, **overrides: Any) -> ServerUnderTest:
-        """`model` replaces the tiny model (a copy per server); `loader` replaces loading."""
+    def _start(
+        model: Any = None, loader: Any = None, span_processors: Any = (), **overrides: Any
+    ) -> ServerUnderTest:
+        """`model` replaces the tiny model (a copy per server); `loader` replaces loading;
+        `span_processors` also receive the server's spans."""
         audit_file = tmp_path / f"audit-{len(started)}.jsonl"
         overrides.setdefault("audit", {"destination": str(audit_file)})
         server = start(
             settings_for(pki, model_cache, **overrides),
             loader or copying_loader(model or tiny_model),
             event_loop_thread,
+            span_processors=span_processors,
         )
         started.append(server)
         return server

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
-from support import ServerUnderTest, copying_loader, settings_for, start, wait_for
+from support import ServerUnderTest, wait_for
 
 from pixelgate.client import PermissionDenied, Unauthenticated
 
@@ -36,30 +35,14 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture
 def traced_server(
-    pki: Any,
-    model_cache: Path,
-    tiny_model: Any,
-    event_loop_thread: Any,
-    tmp_path: Path,
-    exporter: InMemorySpanExporter,
-) -> Iterator[Callable[..., ServerUnderTest]]:
-    """Starts servers whose spans go to `exporter`; stops them after the test."""
-    started: list[ServerUnderTest] = []
+    start_server: Callable[..., ServerUnderTest], exporter: InMemorySpanExporter
+) -> Callable[..., ServerUnderTest]:
+    """Starts servers whose spans go to `exporter` (conftest's start_server stops them)."""
 
     def _start(**overrides: Any) -> ServerUnderTest:
-        overrides.setdefault("audit", {"destination": str(tmp_path / f"audit-{len(started)}")})
-        server = start(
-            settings_for(pki, model_cache, **overrides),
-            copying_loader(tiny_model),
-            event_loop_thread,
-            span_processors=[SimpleSpanProcessor(exporter)],
-        )
-        started.append(server)
-        return server
+        return start_server(span_processors=[SimpleSpanProcessor(exporter)], **overrides)
 
-    yield _start
-    for server in started:
-        server.stop(0)
+    return _start
 
 
 @pytest.fixture
