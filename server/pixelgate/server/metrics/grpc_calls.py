@@ -17,7 +17,8 @@ The wrapper is outermost in the chain, so the status is the one the caller sees.
 methods some service registered reach the chain (gRPC answers the rest UNIMPLEMENTED
 itself), so `grpc.method` is bounded. It runs on every call, so it does little: the
 started count is a plain integer per method that an observable counter reads as
-Prometheus scrapes; only the duration goes through the SDK (one record per call).
+Prometheus scrapes, and the duration goes to a CallHistogram in the same registry
+(call_histogram.py: the SDK's own histogram was the chain's costliest step).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any
 
 import grpc.aio
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.util.types import Attributes
+from prometheus_client import CollectorRegistry
 
+from pixelgate.server.metrics.call_histogram import CallHistogram
 from pixelgate.server.rpc.call_record import CallRecord, current_record
 from pixelgate.server.rpc.call_status import call_status
 from pixelgate.server.rpc.interception import CallWrapper
@@ -45,7 +47,7 @@ DURATION_BUCKETS = (
 class CallMetrics(CallWrapper):
     """Counts each call as it starts and times it, with its final status, as it ends."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, registry: CollectorRegistry) -> None:
         self._started: dict[str, int] = {}
         """Calls started per method (the loop adds; the scrape thread reads)."""
         meter.create_observable_counter(
@@ -54,14 +56,16 @@ class CallMetrics(CallWrapper):
             unit="{call}",
             description="Number of server calls started (gRFC A66)",
         )
-        self._duration = meter.create_histogram(
-            "grpc.server.call.duration",
-            unit="s",
-            description="End-to-end time taken to complete a call from server transport's"
+        # A66's grpc.server.call.duration, named as the OpenTelemetry exporter names it.
+        self._duration = CallHistogram(
+            "grpc_server_call_duration_seconds",
+            "End-to-end time taken to complete a call from server transport's"
             " perspective (gRFC A66)",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            labels=("grpc_method", "grpc_status"),
+            buckets=DURATION_BUCKETS,
         )
-        self._status_attributes: dict[tuple[str, str], Attributes] = {}
+        registry.register(self._duration)
+        self._labels: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _observe_started(self, options: CallbackOptions) -> Iterable[Observation]:
         # A66 names the method without its leading slash.
@@ -84,13 +88,10 @@ class CallMetrics(CallWrapper):
     ) -> None:
         status = call_status(context, error).name
         key = (method, status)
-        attributes = self._status_attributes.get(key)
-        if attributes is None:
-            attributes = self._status_attributes[key] = {
-                "grpc.method": method[1:],
-                "grpc.status": status,
-            }
-        self._duration.record(time.perf_counter() - state.started, attributes)
+        labels = self._labels.get(key)
+        if labels is None:  # A66 names the method without its leading slash
+            labels = self._labels[key] = (method[1:], status)
+        self._duration.observe(labels, time.perf_counter() - state.started)
 
 
 __all__ = ["DURATION_BUCKETS", "CallMetrics"]

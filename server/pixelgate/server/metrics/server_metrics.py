@@ -61,7 +61,7 @@ def build_server_metrics(settings: MetricsSettings) -> ServerMetrics:
         setup=setup,
         meter=meter,
         service=ServiceMetrics(meter, principals),
-        calls=CallMetrics(meter),
+        calls=CallMetrics(meter, setup.registry),
     )
 
 
