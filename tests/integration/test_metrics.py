@@ -11,6 +11,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +28,8 @@ from pixelgate.client import (
 from pixelgate.dev import DEV_AUDIENCE, DEV_ISSUER
 from pixelgate.dev.pki import DevPkiFiles
 from pixelgate.dev.tokens import SigningKey, mint_access_token
+from pixelgate.v1 import image_service_pb2 as pb
+from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -151,6 +154,37 @@ def test_a_scrape_after_real_calls_shows_what_each_call_did(
     assert value(found, expiry, certificate="served") == served.not_valid_after_utc.timestamp()
     assert value(found, expiry, certificate="client_ca") == ca.not_valid_after_utc.timestamp()
     assert value(found, "pixelgate_certificate_reload_failures_total") == 0
+
+
+def test_call_metrics_count_the_message_bytes_each_way(
+    metered: ServerUnderTest, channel: Callable[..., grpc.Channel]
+) -> None:
+    """gRFC A66's per-call message sizes: exactly the bytes of the messages the caller sent
+    and received, on the wire as serialized, refused calls included."""
+    stub = pb_grpc.ImageServiceStub(channel(metered))
+    listed = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    request = pb.GenerateImageRequest(prompt="a lighthouse", steps=2, seed=3)
+    streamed = list(stub.GenerateImage(request, timeout=30))
+    refused = pb.GenerateImageRequest(prompt="a lighthouse", width=7)
+    with pytest.raises(grpc.RpcError) as invalid:
+        list(stub.GenerateImage(refused, timeout=10))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    found = samples(scrape(metered))
+    generate = "pixelgate.v1.ImageService/GenerateImage"
+    sent = "grpc_server_call_sent_total_compressed_message_size_bytes"
+    received = "grpc_server_call_rcvd_total_compressed_message_size_bytes"
+    ok = {"grpc_method": generate, "grpc_status": "OK"}
+    assert value(found, sent + "_sum", **ok) == sum(m.ByteSize() for m in streamed)
+    assert value(found, sent + "_count", **ok) == 1
+    assert value(found, received + "_sum", **ok) == request.ByteSize()
+    listing = {"grpc_method": LIST_MODELS, "grpc_status": "OK"}
+    assert value(found, sent + "_sum", **listing) == listed.ByteSize()
+    assert value(found, received + "_sum", **listing) == 0  # an empty request is no bytes
+    assert value(found, received + "_bucket", le="0", **listing) == 1
+    bad = {"grpc_method": generate, "grpc_status": "INVALID_ARGUMENT"}
+    assert value(found, received + "_sum", **bad) == refused.ByteSize()
+    assert value(found, sent + "_sum", **bad) == 0
 
 
 def test_no_label_names_a_caller_or_holds_a_prompt_unless_asked(

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from pixelgate.server.core.errors import FieldViolation, RequestInvalid, StatusCode
+from pixelgate.server.rpc.call_record import current_record
 from pixelgate.server.rpc.interception import (
     CallGuard,
     CallWrapper,
@@ -208,13 +209,16 @@ SHAPES: list[tuple[str, Callable[..., Any]]] = [
 
 @pytest.mark.parametrize(("shape", "make"), SHAPES)
 def test_wrapping_keeps_the_handler_shape_and_takes_raw_bytes(shape: str, make: Callable) -> None:
-    """Each shape comes back as itself with its response serializer; grpcio hands it raw bytes."""
+    """Each shape comes back as itself; grpcio hands it raw bytes and gets bytes back."""
     handler = make(lambda request, context: None, bytes.decode, str.encode)
     wrapped = _wrap(handler, [], [])
     assert wrapped.request_streaming == handler.request_streaming
     assert wrapped.response_streaming == handler.response_streaming
     assert wrapped.request_deserializer is None  # parsed by the chain, after the guards
-    assert wrapped.response_serializer is str.encode
+    if handler.response_streaming:  # the handler's serializer, counting
+        assert wrapped.response_serializer("é") == "é".encode()
+    else:  # the chain serializes a unary response before its wrappers exit
+        assert wrapped.response_serializer is None
     for other, _ in SHAPES:
         assert (getattr(wrapped, other) is not None) == (other == shape)
 
@@ -508,3 +512,66 @@ def test_concurrent_calls_each_see_their_own_metadata() -> None:
         )
 
     assert asyncio.run(both()) == [(("caller", "alice"),), (("caller", "bob"),)]
+
+
+class SizeNoter(CallWrapper):
+    """Notes the bytes each way the call's record holds as the call ends."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def exit(self, state: Any, method: str, context: Any, error: BaseException | None) -> None:
+        record = current_record()
+        self.seen.append((record.received_bytes, record.sent_bytes))
+
+
+async def _unary_unary(request: str, context: Any) -> str:
+    return request + "!"
+
+
+async def _unary_stream(request: str, context: Any) -> AsyncIterator[str]:
+    yield request + "!"
+
+
+async def _stream_unary(requests: Any, context: Any) -> str:
+    return "".join([request async for request in requests]) + "!"
+
+
+async def _stream_stream(requests: Any, context: Any) -> AsyncIterator[str]:
+    async for request in requests:
+        yield request + "!"
+
+
+async def _raw(bodies: tuple[bytes, ...]) -> AsyncIterator[bytes]:
+    for body in bodies:
+        yield body
+
+
+async def _serve(wrapped: Any, shape: str, bodies: tuple[bytes, ...]) -> Any:
+    """One call as grpcio makes it: raw bytes in; each streamed message serialized as sent."""
+    request: Any = _raw(bodies) if shape.startswith("stream") else bodies[0]
+    result = getattr(wrapped, shape)(request, FakeContext())
+    if shape.endswith("stream"):
+        return [wrapped.response_serializer(message) async for message in result]
+    return await result
+
+
+@pytest.mark.parametrize(("shape", "make"), SHAPES)
+def test_the_record_counts_the_message_bytes_each_way_before_the_wrappers_exit(
+    shape: str, make: Callable
+) -> None:
+    """Request bytes as read, response bytes as serialized, for every shape; a refused
+    call's request bytes too (gRFC A66's per-call sizes)."""
+    behaviour = globals()[f"_{shape}"]
+    bodies = (b"ab", b"cde") if shape.startswith("stream") else (b"abcde",)
+    noter = SizeNoter()
+    wrapped = _wrap(make(behaviour, bytes.decode, str.encode), [noter], [])
+    asyncio.run(_serve(wrapped, shape, bodies))
+    assert noter.seen == [(5, 7 if shape == "stream_stream" else 6)]
+
+    guard = Guard("no", [], "refuse now")
+    refusing = _wrap(make(behaviour, bytes.decode, str.encode), [noter], [guard])
+    with pytest.raises(Refused):
+        asyncio.run(_serve(refusing, shape, bodies))
+    # A unary request arrived whole before the guards; a stream's messages were never read.
+    assert noter.seen[-1] == (5 if shape.startswith("unary") else 0, 0)

@@ -1,5 +1,5 @@
-"""gRPC server call metrics under gRFC A66's names: calls started per method, and call
-duration per method and status.
+"""gRPC server call metrics under gRFC A66's names: calls started per method; call
+duration and the bytes of its messages each way, per method and status.
 
 grpcio-observability's OpenTelemetry plugin is the standard source of these, but it
 cannot serve here today. Its newest release (1.85.0) pins grpcio==1.85.0, a whole-family
@@ -10,8 +10,10 @@ thread waited (a py-spy --native dump showed both), every later call hanging. Th
 path's plugin lock is a known open defect upstream (grpc/grpc#43079, fix proposed in
 #43098). Until a release fixes it, this wrapper records the same instruments (names,
 units, attributes) through the OpenTelemetry API; the plugin replaces this file without
-changing a dashboard. The per-call byte histograms A66 also names are the plugin's
-(grpc core counts the bytes).
+changing a dashboard. The byte sizes are the messages' as serialized (the chain
+serializes responses and is handed raw requests): A66's "compressed" sizes, since this
+server compresses nothing, except for a request a caller compressed, counted here as
+grpcio hands it over, decompressed.
 
 The wrapper is outermost in the chain, so the status is the one the caller sees. Only
 methods some service registered reach the chain (gRPC answers the rest UNIMPLEMENTED
@@ -43,9 +45,16 @@ DURATION_BUCKETS = (
     0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1, 2, 5, 10, 20, 50, 100,
 )  # fmt: skip
 
+# gRFC A66's default size buckets, in bytes.
+SIZE_BUCKETS = (
+    0, 1024, 2048, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+    268435456, 1073741824, 4294967296,
+)  # fmt: skip
+
 
 class CallMetrics(CallWrapper):
-    """Counts each call as it starts and times it, with its final status, as it ends."""
+    """Counts each call as it starts; times it and sizes its messages, with its final
+    status, as it ends."""
 
     def __init__(self, meter: Meter, registry: CollectorRegistry) -> None:
         self._started: dict[str, int] = {}
@@ -64,7 +73,23 @@ class CallMetrics(CallWrapper):
             labels=("grpc_method", "grpc_status"),
             buckets=DURATION_BUCKETS,
         )
-        registry.register(self._duration)
+        # A66's grpc.server.call.{sent,rcvd}_total_compressed_message_size, in bytes.
+        self._sent = CallHistogram(
+            "grpc_server_call_sent_total_compressed_message_size_bytes",
+            "Total bytes (compressed but not encrypted) sent across all response messages"
+            " (metadata excluded) per RPC (gRFC A66)",
+            labels=("grpc_method", "grpc_status"),
+            buckets=SIZE_BUCKETS,
+        )
+        self._received = CallHistogram(
+            "grpc_server_call_rcvd_total_compressed_message_size_bytes",
+            "Total bytes (compressed but not encrypted) received across all request messages"
+            " (metadata excluded) per RPC (gRFC A66)",
+            labels=("grpc_method", "grpc_status"),
+            buckets=SIZE_BUCKETS,
+        )
+        for histogram in (self._duration, self._sent, self._received):
+            registry.register(histogram)
         self._labels: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _observe_started(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -92,6 +117,8 @@ class CallMetrics(CallWrapper):
         if labels is None:  # A66 names the method without its leading slash
             labels = self._labels[key] = (method[1:], status)
         self._duration.observe(labels, time.perf_counter() - state.started)
+        self._sent.observe(labels, state.sent_bytes)
+        self._received.observe(labels, state.received_bytes)
 
 
-__all__ = ["DURATION_BUCKETS", "CallMetrics"]
+__all__ = ["DURATION_BUCKETS", "SIZE_BUCKETS", "CallMetrics"]

@@ -50,6 +50,10 @@ class CallRecord:
     """Why the call ended, where its status alone does not say (e.g. "stalled_reader")."""
     trace_id: str | None = None
     """The call's W3C trace id (32 hex digits), when it belongs to a trace."""
+    received_bytes: int = 0
+    """Request message bytes the chain was handed (as serialized; gRFC A66's size)."""
+    sent_bytes: int = 0
+    """Response message bytes, as serialized (the chain serializes them)."""
 
 
 class NoCallRecord(RuntimeError):

@@ -18,6 +18,12 @@ have admitted the call (`request_parsing.py`), so a body that does not parse
 is refused like any call, rate-limited, authenticated and audited first. A
 request stream is parsed message by message as the handler iterates it; a
 handler that reads with `context.read()` would see raw bytes (none here does).
+The call record counts the message bytes each way (gRFC A66's sizes, for the
+call metrics): the raw requests as the chain reads them; a unary response as
+the chain serializes it, before the wrappers exit (grpcio would serialize it
+only after); streamed responses as the handler's own serializer, wrapped,
+turns them into bytes, whether the handler yields them or writes them with
+`context.write()`.
 """
 
 from __future__ import annotations
@@ -25,13 +31,26 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from typing import Any, cast
 
 import grpc
 import grpc.aio
 
-from pixelgate.server.rpc.call_record import Metadata, NoCallRecord, current_record, open_record
+from pixelgate.server.rpc.call_record import (
+    CallRecord,
+    Metadata,
+    NoCallRecord,
+    current_record,
+    open_record,
+)
 from pixelgate.server.rpc.request_parsing import request_reader
 
 MethodFilter = Callable[[str], bool]
@@ -133,21 +152,20 @@ class MethodChain:
         self.guards = guards
         self._unwinding = tuple(reversed(list(enumerate(wrappers))))
 
-    def open(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[Any]:
-        """Opens the call's record and enters the wrappers; returns their states."""
+    def open(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[CallRecord, list[Any]]:
+        """Opens the call's record and enters the wrappers; returns it and their states."""
         # The call's one record, set here and nowhere else: every step and the
         # handler run in this task after it.
-        open_record(self.method, tuple(context.invocation_metadata() or ()))
+        record = open_record(self.method, tuple(context.invocation_metadata() or ()))
         method = self.method
-        return [wrapper.enter(method, context) for wrapper in self._wrappers]
+        return record, [wrapper.enter(method, context) for wrapper in self._wrappers]
 
-    async def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[Any]:
-        """Opens the call and passes the guards; returns the wrappers' states.
+    async def admit(self, states: list[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Passes the guards of an opened call.
 
         A refusal unwinds the wrappers (so it is audited and mapped) and raises.
-        The wrapped handlers inline this; it stays for callers that hold a chain.
+        The unary wrapped handler inlines this: a coroutine per call is worth saving there.
         """
-        states = self.open(context)
         try:
             for guard in self.guards:
                 pending = guard.admit(self.method, context)
@@ -158,7 +176,6 @@ class MethodChain:
             if pending is not None:
                 await pending
             raise
-        return states
 
     def exit(
         self,
@@ -214,19 +231,26 @@ def wrap_handler(
     """Returns `handler` with every call run through `chain`, same shape.
 
     The wrapped handler takes raw bytes (no request deserializer) and parses
-    them with the handler's deserializer after the guards.
+    them with the handler's deserializer after the guards. A unary response
+    leaves it serialized (with the handler's serializer); a stream's serializer
+    is the handler's, counting what it makes.
     """
-    response_serializer = handler.response_serializer
+    serialize = handler.response_serializer
     method = chain.method
     guards = chain.guards
     read = request_reader(handler.request_deserializer, streaming=handler.request_streaming)
+    streaming_request = handler.request_streaming
 
     behaviour = handler.unary_unary or handler.stream_unary
     if behaviour is not None:
         is_coroutine = inspect.iscoroutinefunction(behaviour)
 
         async def wrapped_unary_response(raw: Any, context: Any) -> Any:
-            states = chain.open(context)
+            record, states = chain.open(context)
+            if streaming_request:
+                raw = _counted(raw, record)
+            else:
+                record.received_bytes = len(raw)
             try:
                 for guard in guards:
                     pending = guard.admit(method, context)
@@ -235,6 +259,9 @@ def wrap_handler(
                 response = behaviour(read(raw), context)
                 if is_coroutine or inspect.isawaitable(response):
                     response = await response
+                if serialize is not None:
+                    response = serialize(response)
+                    record.sent_bytes = len(response)
             except BaseException as error:
                 unwinding = chain.exit(states, context, error)
                 if unwinding is not None:
@@ -250,13 +277,18 @@ def wrap_handler(
             if handler.unary_unary is not None
             else grpc.stream_unary_rpc_method_handler
         )
-        return make(wrapped_unary_response, None, response_serializer)
+        return make(wrapped_unary_response, None, None)
 
     streaming = handler.unary_stream or handler.stream_stream
     assert streaming is not None, "a handler has one of the four shapes"
 
     async def wrapped_stream_response(raw: Any, context: Any) -> AsyncIterator[Any]:
-        states = await chain.enter(context)  # a stream is long: one coroutine is nothing
+        record, states = chain.open(context)
+        if streaming_request:
+            raw = _counted(raw, record)
+        else:
+            record.received_bytes = len(raw)  # before the guards: a refused call's too
+        await chain.admit(states, context)  # a stream is long: a coroutine more is nothing
         try:
             # Closed here, before the wrappers exit, even when gRPC abandons the
             # stream: the handler's own clean-up (refunds, records) comes first.
@@ -277,7 +309,30 @@ def wrap_handler(
         if handler.unary_stream is not None
         else grpc.stream_stream_rpc_method_handler
     )
-    return make_streaming(wrapped_stream_response, None, response_serializer)
+    return make_streaming(
+        wrapped_stream_response, None, None if serialize is None else _counting(serialize)
+    )
+
+
+def _counting(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """`serialize`, adding the size of each message it makes to the current call's record."""
+
+    def serialize_counted(response: Any) -> bytes:
+        data = serialize(response)
+        try:
+            current_record().sent_bytes += len(data)  # grpcio serializes in the call's task
+        except NoCallRecord:
+            pass
+        return data
+
+    return serialize_counted
+
+
+async def _counted(messages: AsyncIterable[bytes], record: CallRecord) -> AsyncIterator[bytes]:
+    """A request stream's raw messages, each one's size added to the call's record."""
+    async for message in messages:
+        record.received_bytes += len(message)
+        yield message
 
 
 class InterceptorChain:
