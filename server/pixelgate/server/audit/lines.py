@@ -33,8 +33,8 @@ class AuditLines:
     trace id, 32 hex digits), only when the call belongs to a trace; and reason, only
     where the status alone does not say why the call ended ("stalled_reader":
     CANCELLED because its reader stopped reading). What repeats from call to
-    call (a caller's principal, the current second) is rendered once: this
-    runs for every call.
+    call (a caller's principal, the current second) is rendered once, and what
+    most calls lack (parameters, images) costs no encoder: this runs for every call.
     """
 
     def __init__(self, principal_cache_size: int = 1024) -> None:
@@ -52,9 +52,9 @@ class AuditLines:
             f'"duration_ms":{round(record.duration * 1000, 1)!r},'
             f'"peer":{_json_text(record.peer)},"principal":{self._principal(principal)},'
             f'"gpu_cost":{round(record.cost_charged, 3)!r},'
-            f'"request":{json.dumps(record.parameters or None)},'
+            f'"request":{json.dumps(record.parameters) if record.parameters else "null"},'
             f'"prompt_sha256":{_json_text(record.prompt_sha256)},'
-            f'"image_sha256":{json.dumps(record.image_sha256s)}'
+            f'"image_sha256":{json.dumps(record.image_sha256s) if record.image_sha256s else "[]"}'
             f"{_trace_id(record.trace_id)}{_reason(record.reason)}}}\n"
         ).encode()
 
