@@ -18,6 +18,15 @@ Throughput and p50/p99 latency are printed beside it. Each ratio is variant /
 bare of the same round; the report gives their median over the rounds and their
 range.
 
+With two or more CPUs, the servers run on the first and the load generator on
+the last (`--no-pin` to let them float): a server's CPU per call then does not
+depend on where the scheduler put it. `--together` drives every server at once
+in each round instead of one after the other, so each round's servers share the
+same moment of a shared machine: its ratios spread far less from round to round
+(about +-2 % here against +-15 %); but each server process keeps a bias of its
+own of up to a few percent (two identical servers differed by 1-5 %), so read
+small differences with that in mind.
+
 Settings for the chain servers are dotted names as in the TOML file, passed to
 the server as its PIXELGATE_ variables (so they are checked as the file's are):
 
@@ -139,6 +148,13 @@ async def _measure(args: argparse.Namespace, files: DevPkiFiles, servers: list[S
         await _round(server, credentials, args.callers, 1.0)
     rounds: dict[str, list[Round]] = {server.name: [] for server in servers}
     for index in range(args.rounds):
+        if args.together:
+            measured = await asyncio.gather(
+                *(_round(server, credentials, args.callers, args.seconds) for server in servers)
+            )
+            for server, result in zip(servers, measured, strict=True):
+                rounds[server.name].append(result)
+            continue
         order = servers if index % 2 == 0 else servers[::-1]
         for server in order:
             rounds[server.name].append(
@@ -148,8 +164,9 @@ async def _measure(args: argparse.Namespace, files: DevPkiFiles, servers: list[S
     bare = rounds[BARE]
     print(
         f"ListModels, {args.callers} concurrent callers, {args.rounds} rounds of "
-        f"{args.seconds:g} s per server (order alternating), mTLS on all; "
-        f"server CPU = utime + stime of its process"
+        f"{args.seconds:g} s per server "
+        + ("(all servers at once)" if args.together else "(order alternating)")
+        + f", mTLS on all; server CPU = utime + stime of its process; {args.placement}"
     )
     if args.set:
         print(f"  settings on every server: {args.set}")
@@ -204,12 +221,26 @@ def main() -> None:
         default=[],
         help="a chain server to measure: NAME or NAME:name=value,... (repeatable)",
     )
+    parser.add_argument(
+        "--together", action="store_true", help="drive every server at once in each round"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin servers and load to CPUs"
+    )
     parser.add_argument("--serve", choices=["full", BARE], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        if args.cpu is not None:  # before any thread starts: they all inherit it
+            os.sched_setaffinity(0, {args.cpu})
         asyncio.run(_serve(args.config, args.serve == "full"))
         return
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = args.pin and len(cpus) >= 2
+    args.placement = (
+        f"servers on CPU {cpus[0]}, load generator on CPU {cpus[-1]}" if pinned else "not pinned"
+    )
     args.variants = _variants(args.variant)
     common = parse_overrides(args.set)
 
@@ -222,12 +253,20 @@ def main() -> None:
             for name, settings in {BARE: "", **args.variants}.items():
                 process, port = start_server(
                     config,
-                    [sys.executable, __file__, "--serve", BARE if name == BARE else "full"],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--serve",
+                        BARE if name == BARE else "full",
+                        *(["--cpu", str(cpus[0])] if pinned else []),
+                    ],
                     overrides={**common, **parse_overrides(settings)},
                     name=name,
                 )
                 processes.append(process)
                 servers.append(Server(name, process.pid, port))
+            if pinned:
+                os.sched_setaffinity(0, {cpus[-1]})
             asyncio.run(_measure(args, files, servers))
         finally:
             for process in processes:
