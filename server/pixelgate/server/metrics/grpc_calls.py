@@ -1,16 +1,18 @@
 """gRPC server call metrics under gRFC A66's names: calls started per method; call
 duration and the bytes of its messages each way, per method and status.
 
-grpcio-observability's OpenTelemetry plugin is the standard source of these, but it
-cannot serve here today. Its newest release (1.85.0) pins grpcio==1.85.0, a whole-family
-pin the rest of the stack would have to follow; and, tried with that pin, a grpc.aio
-pixelgate server with the plugin registered deadlocked under 16 concurrent callers: the
-event loop thread blocked in a mutex inside the plugin's call tracer while its export
-thread waited (a py-spy --native dump showed both), every later call hanging. The aio
-path's plugin lock is a known open defect upstream (grpc/grpc#43079, fix proposed in
-#43098). Until a release fixes it, this wrapper records the same instruments (names,
-units, attributes) through the OpenTelemetry API; the plugin replaces this file without
-changing a dashboard. The byte sizes are the messages' as serialized (the chain
+grpcio-observability's OpenTelemetry plugin is the standard source of these, but no
+release can serve a grpc.aio server. Up to 1.80.0 it records nothing for grpc.aio (no
+server call tracer is installed). From 1.81.0, the first to trace aio calls, to 1.85.0,
+the newest, a grpc.aio server with the plugin registered hangs within a second under
+load, one caller enough, with or without TLS, on grpcio 1.85.3 too: the event loop
+thread waits for the plugin's census buffer mutex while holding the GIL, and the
+plugin's export thread holds that mutex while it waits for the GIL (gdb and py-spy
+stacks of a 30-line reproduction). That is a lock-order inversion of its own, not the
+client-side plugin lock of grpc/grpc#43079, whose proposed fix would not cure it. Until
+a release does, this wrapper records the same instruments under the same names and
+attributes, and the plugin can replace this file without changing a dashboard.
+The byte sizes are the messages' as serialized (the chain
 serializes responses and is handed raw requests): A66's "compressed" sizes, since this
 server compresses nothing, except for a request a caller compressed, counted here as
 grpcio hands it over, decompressed.
