@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from pixelgate.server.api.generation_service import GenerationService
 from pixelgate.server.api.reflection import DocumentedReflectionServicer, documented_files
+from pixelgate.server.api.registration import add_image_service
 from pixelgate.server.api.servicer import ImageServicer
 from pixelgate.server.api.validation import RequestValidator
 from pixelgate.server.audit.interceptor import AuditLog
@@ -93,7 +94,6 @@ from pixelgate.server.security.token_keys import UnusableKeyError
 from pixelgate.server.security.token_verifier import TokenVerifier, TrustedIssuer
 from pixelgate.server.tracing.provider import build_tracing
 from pixelgate.v1 import image_service_pb2 as pb
-from pixelgate.v1 import image_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("pixelgate.server")
 
@@ -443,7 +443,7 @@ async def start_server(
     )
     # Every service registers through the chain, which wraps its handlers once.
     services = chain.serving(server) if interceptors else server
-    pb_grpc.add_ImageServiceServicer_to_server(servicer, services)
+    add_image_service(servicer, services)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -69,7 +69,8 @@ def test_progress_messages() -> None:
 
 def test_image_messages() -> None:
     """Chunks carry their offset; completion carries the digest; a filtered image says so."""
-    chunk = response_for(ImageBytes(image_index=1, offset=64, data=b"abc")).chunk
+    sent = response_for(ImageBytes(image_index=1, offset=64, data=b"abc"))
+    chunk = pb.GenerateImageResponse.FromString(sent).chunk
     assert (chunk.image_index, chunk.offset, chunk.data) == (1, 64, b"abc")
     done = response_for(
         ImageDone(1, "image/png", 64, 48, 3, "ab" * 32, seed=9, model="tiny", steps=4)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import overload
+
+from pixelgate.server.api.chunk_wire import chunk_response
 from pixelgate.server.api.generation_ask import GenerationAsk
 from pixelgate.server.api.generation_events import (
     ImageBytes,
@@ -43,8 +46,17 @@ def ask_from(request: pb.GenerateImageRequest) -> GenerationAsk:
     )
 
 
-def response_for(event: StreamedEvent) -> pb.GenerateImageResponse:
-    """The one message that carries `event`."""
+@overload
+def response_for(event: ImageBytes) -> bytes: ...
+@overload
+def response_for(
+    event: InQueue | StepDone | ImageDone | ImageFiltered,
+) -> pb.GenerateImageResponse: ...
+@overload
+def response_for(event: StreamedEvent) -> pb.GenerateImageResponse | bytes: ...
+def response_for(event: StreamedEvent) -> pb.GenerateImageResponse | bytes:
+    """The one message that carries `event`; an image chunk comes as the message's wire
+    bytes (chunk_wire.py), for GenerateImage's serializer to pass through."""
     if isinstance(event, StepDone):
         return pb.GenerateImageResponse(
             progress=pb.Progress(
@@ -56,14 +68,9 @@ def response_for(event: StreamedEvent) -> pb.GenerateImageResponse:
             )
         )
     if isinstance(event, ImageBytes):
-        # Field by field, not from an ImageChunk: upb copies a message given as a field's
-        # value, and with it up to chunk_size bytes of image (costlier than the send).
-        message = pb.GenerateImageResponse()
-        chunk = message.chunk
-        chunk.image_index = event.image_index
-        chunk.offset = event.offset
-        chunk.data = event.data
-        return message
+        # Wire bytes, not a message: a message copies up to chunk_size bytes of image
+        # twice (into itself, then into its serialization), costlier than the send.
+        return chunk_response(event.image_index, event.offset, event.data)
     if isinstance(event, InQueue):
         return pb.GenerateImageResponse(
             progress=pb.Progress(
