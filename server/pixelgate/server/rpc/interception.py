@@ -239,7 +239,8 @@ def wrap_handler(
     method = chain.method
     guards = chain.guards
     read = request_reader(handler.request_deserializer, streaming=handler.request_streaming)
-    streaming_request = handler.request_streaming
+    # Counts the request's bytes into the call's record (before the guards: a refused call's too).
+    received = _counted if handler.request_streaming else _received_whole
 
     behaviour = handler.unary_unary or handler.stream_unary
     if behaviour is not None:
@@ -247,10 +248,7 @@ def wrap_handler(
 
         async def wrapped_unary_response(raw: Any, context: Any) -> Any:
             record, states = chain.open(context)
-            if streaming_request:
-                raw = _counted(raw, record)
-            else:
-                record.received_bytes = len(raw)
+            raw = received(raw, record)
             try:
                 for guard in guards:
                     pending = guard.admit(method, context)
@@ -284,10 +282,7 @@ def wrap_handler(
 
     async def wrapped_stream_response(raw: Any, context: Any) -> AsyncIterator[Any]:
         record, states = chain.open(context)
-        if streaming_request:
-            raw = _counted(raw, record)
-        else:
-            record.received_bytes = len(raw)  # before the guards: a refused call's too
+        raw = received(raw, record)
         await chain.admit(states, context)  # a stream is long: a coroutine more is nothing
         try:
             # Closed here, before the wrappers exit, even when gRPC abandons the
@@ -326,6 +321,12 @@ def _counting(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         return data
 
     return serialize_counted
+
+
+def _received_whole(message: bytes, record: CallRecord) -> bytes:
+    """A unary request's raw message, its size noted in the call's record."""
+    record.received_bytes = len(message)
+    return message
 
 
 async def _counted(messages: AsyncIterable[bytes], record: CallRecord) -> AsyncIterator[bytes]:
